@@ -1,0 +1,34 @@
+"""Hydra glue: where a run writes, and the summary printed when a multirun ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from flashspec.harness import runner
+from flashspec.harness.analysis import summarize
+
+
+def task(cfg: DictConfig) -> None:
+    """Run the composed config in Hydra's output directory; a multirun's runs share the sweep directory."""
+    hydra = HydraConfig.get()
+    run_dir = Path(hydra.runtime.output_dir)
+    root = Path(hydra.sweep.dir) if hydra.mode == RunMode.MULTIRUN else run_dir
+    runner.main(cfg, run_dir, root, dict(hydra.runtime.choices))
+
+
+class SweepSummary(Callback):
+    """One table over all complete runs of the sweep, printed after the last job."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        path = Path(config.hydra.sweep.dir) / "results.csv"
+        if not path.is_file():
+            print(f"no complete runs in {path.parent}")
+            return
+        table = summarize(pd.read_csv(path), runner.SUMMARY_KEYS)
+        print(f"\nsweep summary\n{table.to_string(index=False)}\n\nrows: {path}")

@@ -1,0 +1,180 @@
+"""One measurement run: decode every prompt (and turn), time the autoregressive baseline, write the tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import time
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from flashspec.harness import decoders, store
+from flashspec.harness.analysis import summarize
+from flashspec.harness.data import PROJECT_ROOT, Prompt, encode, load_prompts
+from flashspec.harness.schema import RunConfig, check, config_hash, gammas, uses_gamma
+from flashspec.metrics import GenerationResult
+
+PACKAGES = ("flashspec", "torch", "transformers", "triton", "hydra-core", "omegaconf", "pandas")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.returncode == 0 else None
+
+
+def versions() -> dict[str, str | None]:
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {name: version(name) for name in PACKAGES} | {"python": platform.python_version()}
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def run_info(cfg: RunConfig, run_id: str) -> dict:
+    return {
+        "run_id": run_id, "config_hash": config_hash(cfg), "seed": cfg.sampling.seed,
+        "versions": versions(), "git_commit": git_commit(), "device": device_name(cfg.target.device),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def run_columns(cfg: RunConfig, run_id: str) -> dict:
+    """The columns shared by all rows of a run; settings the run does not read stay empty."""
+    spec = uses_gamma(cfg)
+    return {
+        "run_id": run_id, "config_hash": config_hash(cfg), "method": cfg.method.name,
+        "target": cfg.target.model, "arm_set": cfg.arms.name if spec else None,
+        "bandit": cfg.bandit.policy if cfg.method.backend == "flashspec" else None,
+        "gamma": "+".join(map(str, gammas(cfg))) if spec else None,
+        "temperature": cfg.sampling.temperature, "top_k": cfg.sampling.top_k, "top_p": cfg.sampling.top_p,
+        "seed": cfg.sampling.seed, "max_new_tokens": cfg.max_new_tokens, "dataset": cfg.dataset.name,
+    }
+
+
+def result_row(cfg: RunConfig, out: GenerationResult, base: GenerationResult | None) -> dict:
+    measured = out.steps > 0  # transformers' generate reports no steps
+    base_rate = base.tokens_per_s if base else math.nan
+    fixed = cfg.method.backend == "flashspec" and cfg.bandit.policy == "fixed"
+    return {
+        "fixed_arm": list(out.arms)[cfg.bandit.arm] if fixed else None,  # the engine's name for that arm
+        "prompt_tokens": out.prompt_tokens, "new_tokens": out.new_tokens,
+        "steps": out.steps if measured else None, "tau": out.tau if measured else math.nan,
+        "alpha": out.alpha, "wall_time_s": out.wall_time_s, "ttft_s": out.ttft_s,
+        "tokens_per_s": out.tokens_per_s,
+        "baseline_new_tokens": base.new_tokens if base else None,
+        "baseline_wall_time_s": base.wall_time_s if base else math.nan,
+        "baseline_tokens_per_s": base_rate, "speedup": out.tokens_per_s / base_rate,
+    }
+
+
+def arm_rows(out: GenerationResult) -> list[dict]:
+    return [{"arm": name, **asdict(stats)} for name, stats in out.arms.items()]
+
+
+def trace_rows(out: GenerationResult) -> list[dict]:
+    names = list(out.arms)  # the engine's arm order, which the trace indexes
+    steps = enumerate(zip(out.trace, out.emitted, strict=True), 1)
+    return [{"step": i, "arm": names[k], "emitted": n} for i, (k, n) in steps] if names else []
+
+
+COLUMNS = {
+    "results": [
+        "run_id", "config_hash", "method", "target", "arm_set", "bandit", "gamma", "temperature", "top_k",
+        "top_p", "seed", "max_new_tokens", "dataset", "category", "prompt_id", "turn", "fixed_arm",
+        "prompt_tokens", "new_tokens", "steps", "tau", "alpha", "wall_time_s", "ttft_s", "tokens_per_s",
+        "baseline_new_tokens", "baseline_wall_time_s", "baseline_tokens_per_s", "speedup",
+    ],
+    "arms": ["run_id", "prompt_id", "turn", "arm", "pulls", "drafted", "accepted"],
+    "trace": ["run_id", "prompt_id", "turn", "step", "arm", "emitted"],
+}
+
+
+def warm_up(cfg: RunConfig, generate: decoders.Generate, ids: list[int]) -> None:
+    """An untimed short generation, so one-off costs (allocation, kernel selection) miss the first prompt."""
+    generate(ids, min(4, cfg.max_new_tokens))
+    if cfg.baseline:
+        decoders.baseline(cfg, ids, min(4, cfg.max_new_tokens))
+
+
+def decode_all(cfg: RunConfig, prompts: list[Prompt], run_id: str) -> dict[str, pd.DataFrame]:
+    generate, tokenizer = decoders.decoder(cfg)
+    if cfg.warmup:
+        warm_up(cfg, generate, encode(tokenizer, [{"role": "user", "content": prompts[0].turns[0]}],
+                                      cfg.dataset.chat))
+    shared = run_columns(cfg, run_id)
+    tables: dict[str, list[dict]] = {name: [] for name in store.TABLES}
+    for prompt in tqdm(prompts, desc=f"{run_id} {cfg.dataset.name}", unit="prompt", disable=not cfg.progress):
+        messages: list[dict] = []
+        for turn, text in enumerate(prompt.turns, 1):
+            messages.append({"role": "user", "content": text})
+            ids = encode(tokenizer, messages, cfg.dataset.chat)
+            out = generate(ids, cfg.max_new_tokens)
+            base = decoders.baseline(cfg, ids, cfg.max_new_tokens) if cfg.baseline else None
+            key = {"run_id": run_id, "prompt_id": prompt.id, "turn": turn}
+            about = {"category": prompt.category, "prompt_id": prompt.id, "turn": turn}
+            tables["results"].append(shared | about | result_row(cfg, out, base))
+            tables["arms"] += [key | row for row in arm_rows(out)]
+            tables["trace"] += [key | row for row in trace_rows(out)]
+            # The next turn follows the model's own answer, as MT-Bench asks.
+            messages.append({"role": "assistant", "content": out.text})
+    return {name: pd.DataFrame(rows, columns=COLUMNS[name]) for name, rows in tables.items()}
+
+
+def run(cfg: RunConfig, info: dict, run_dir: Path, root: Path) -> pd.DataFrame | None:
+    """Run `cfg` into `run_dir` unless a complete run with its hash is already under `root`."""
+    check(cfg)
+    digest = config_hash(cfg)
+    finished = store.completed_runs(root)
+    if digest in finished:
+        print(f"skipping: the same settings ({digest}) already completed in {finished[digest]}")
+        store.rebuild_sweep(root)  # in case the previous launch died between a run's end and the rebuild
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store.clear_done(run_dir)
+    info |= run_info(cfg, run_dir.name)
+    store.write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
+    tables = decode_all(cfg, load_prompts(cfg.dataset, cfg.data_dir), run_dir.name)
+    info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    store.write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
+    store.save_run(run_dir, digest, tables)
+    store.rebuild_sweep(root)
+    return tables["results"]
+
+
+def main(cfg: DictConfig, run_dir: Path, root: Path, choices: dict | None = None) -> None:
+    """`choices`: the config group options picked (Hydra's runtime.choices), recorded in run.json."""
+    info = {"config": OmegaConf.to_container(cfg, resolve=True), "choices": choices or {}}
+    typed: RunConfig = OmegaConf.to_object(cfg)  # also runs the dataclasses' own checks
+    results = run(typed, info, run_dir, root)
+    if results is not None:
+        print(summary_text(results, root))
+
+
+SUMMARY_KEYS = ["method", "bandit", "fixed_arm", "arm_set", "gamma", "dataset"]
+
+
+def summary_text(results: pd.DataFrame, root: Path) -> str:
+    table = summarize(results, SUMMARY_KEYS)
+    return f"\n{table.to_string(index=False)}\n\nrows: {root / 'results.csv'}"
