@@ -1,0 +1,42 @@
+"""Draft arms, built from `ArmConfig`s. An arm kind is a config choice: add one here and in docs/."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from transformers import PreTrainedTokenizerBase
+
+from flashspec.arms.base import Arm, Draft
+from flashspec.arms.draft_model import DraftModelArm
+from flashspec.arms.prompt_lookup import PromptLookupArm
+from flashspec.config import ArmConfig, TargetConfig
+from flashspec.models import CausalLM, load_model
+
+__all__ = ["Arm", "Draft", "DraftModelArm", "PromptLookupArm", "build_arm", "check_same_tokenizer"]
+
+
+def check_same_tokenizer(target: PreTrainedTokenizerBase, draft: PreTrainedTokenizerBase, name: str) -> None:
+    """Speculative decoding compares token ids, so target and draft must share one vocabulary."""
+    if target.get_vocab() != draft.get_vocab():
+        raise ValueError(
+            f"draft {name!r} does not share the target's tokenizer ({len(draft)} vs {len(target)} tokens, "
+            "or the same size with different ids): pick a draft model from the target's family"
+        )
+
+
+def build_arm(cfg: ArmConfig, target: CausalLM, tokenizer: PreTrainedTokenizerBase, target_cfg: TargetConfig) -> Arm:
+    if cfg.kind == "prompt_lookup":
+        return PromptLookupArm(cfg.ngram_max, cfg.ngram_min)
+    if cfg.kind == "draft_model":
+        if not cfg.model:
+            raise ValueError("arm kind draft_model needs `model`: a path, hub id or 'tiny-draft'")
+        draft_cfg = replace(target_cfg, model=cfg.model, device_map=None)
+        model, draft_tokenizer = load_model(cfg.model, draft_cfg)
+        check_same_tokenizer(tokenizer, draft_tokenizer, cfg.model)
+        if model.vocab_size != target.vocab_size:
+            raise ValueError(
+                f"draft {cfg.model!r} has {model.vocab_size} logits per token, the target {target.vocab_size}: "
+                "their vocabularies must match; pick a draft model from the target's family"
+            )
+        return DraftModelArm(model, name=f"draft:{cfg.model.rstrip('/').split('/')[-1]}")
+    raise ValueError(f"unknown arm kind {cfg.kind!r}: use prompt_lookup or draft_model")

@@ -1,0 +1,34 @@
+"""The draft-arm interface: propose tokens (a chain, or a tree through `parents`), then hear what was kept."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from flashspec.config import SamplingConfig
+
+
+@dataclass
+class Draft:
+    tokens: Tensor  # [n] int64
+    probs: Tensor | None = None  # [n, V] the distribution each token was sampled from; None = deterministic
+    parents: Tensor | None = None  # [n] tree parent of each node (-1 = the pending token); None = a chain
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+class Arm(ABC):
+    name: str
+
+    def begin(self, prompt: Tensor) -> None:
+        """A new request starts with `prompt` ([n] int64, CPU)."""
+
+    @abstractmethod
+    def propose(self, context: Tensor, gamma: int, sampling: SamplingConfig, generator) -> Draft:
+        """Up to `gamma` tokens to follow `context` (all committed ids, CPU); fewer, even none, is allowed."""
+
+    def observe(self, context: Tensor, draft: Draft, n_accepted: int) -> None:
+        """The target kept the first `n_accepted` tokens of this arm's last `draft`; `context` is now committed."""

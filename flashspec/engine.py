@@ -1,0 +1,229 @@
+"""The engine loop: bandit picks an arm -> the arm drafts -> the target scores the draft in one forward ->
+the verifier accepts a prefix and adds one token of its own -> the caches roll back to what was kept.
+
+The target's cache always holds the committed context except its last token (the "pending" token), which
+opens the next verification block, so every step is exactly one target forward over 1 + gamma tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from flashspec.arms import Arm, Draft, build_arm
+from flashspec.bandit import SELECTORS, make_selector
+from flashspec.config import FlashSpecConfig, SamplingConfig
+from flashspec.metrics import ArmStats, GenerationResult
+from flashspec.models import CausalLM, load_model
+from flashspec.verify import process_logits, sample_from, verify_reference, verify_triton
+
+
+class SpeculativeEngine:
+    def __init__(
+        self, config: FlashSpecConfig | None = None, *, target: CausalLM | None = None, tokenizer=None,
+        arms: Sequence[Arm] | None = None,
+    ) -> None:
+        """`target` with its `tokenizer`, and `arms`: parts already built, used instead of loading
+        `config.target.model` and building `config.arms` (so one loaded model serves several engines)."""
+        self.config = cfg = config or FlashSpecConfig()
+        if (target is None) != (tokenizer is None):
+            raise ValueError("pass `target` and `tokenizer` together, or neither (config.target then loads)")
+        if target is None:
+            target, tokenizer = load_model(cfg.target.model, cfg.target)
+        self.target, self.tokenizer = target, tokenizer
+        self.device = torch.device(cfg.target.device)
+        if cfg.bandit.policy not in (*SELECTORS, "none"):
+            valid = ", ".join([*SELECTORS, "none"])
+            raise ValueError(f"unknown bandit policy {cfg.bandit.policy!r}: use one of {valid}")
+        speculative = cfg.bandit.policy != "none"
+        if arms is None:
+            arms = [build_arm(a, target, tokenizer, cfg.target) for a in cfg.arms] if speculative else []
+        arms = list(arms) if speculative else []
+        # Every (arm, gamma) pair is one arm of the bandit, so the bandit can pick gamma too.
+        self.pairs: list[tuple[Arm, int]] = [(arm, int(g)) for arm in arms for g in cfg.gammas]
+        multi_gamma = len(cfg.gammas) > 1
+        self.arm_names = [f"{arm.name}@{g}" if multi_gamma else arm.name for arm, g in self.pairs]
+        self.selector = None
+        if speculative:
+            params = {"arm": cfg.bandit.arm} if cfg.bandit.policy == "fixed" else dict(cfg.bandit.params)
+            self.selector = make_selector(cfg.bandit.policy, len(self.pairs), seed=cfg.sampling.seed, **params)
+        self.verify = pick_verifier(cfg.verifier, self.device)
+        self.eos_ids = eos_token_ids(self.tokenizer, getattr(self.target, "model", None))
+        self.best_rate = 0.0  # tokens/s normaliser that maps the throughput reward into [0, 1]
+
+    # ---------------------------------------------------------------- the loop
+    def generate(
+        self,
+        prompt: str | Sequence[int] | Tensor,
+        max_new_tokens: int = 128,
+        sampling: SamplingConfig | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> GenerationResult:
+        sampling = sampling or self.config.sampling
+        context = self._encode(prompt, max_new_tokens)
+        generator = torch.Generator(self.device).manual_seed(sampling.seed)
+        if self.selector is not None and self.config.bandit.scope == "request":
+            self.selector.reset()
+        stats = {name: ArmStats() for name in self.arm_names}
+        trace: list[int] = []
+        emitted: list[int] = []
+        start = time.perf_counter()
+        self.target.reset()
+        for arm, _ in self.pairs:
+            arm.begin(context)
+        first = self._sample(self.target.forward(context.to(self.device)).logits[-1:], sampling, generator)
+        ttft = time.perf_counter() - start
+        prompt_tokens, new = len(context), [first]
+        context = torch.cat([context, torch.tensor([first])])
+        while not self._finished(new, max_new_tokens, stop):
+            k = self.selector.select() if self.selector is not None else -1
+            step_tokens = self._step(context, k, max_new_tokens - len(new), sampling, generator, stats)
+            context = torch.cat([context, torch.tensor(step_tokens)])
+            new += step_tokens
+            trace.append(k)
+            emitted.append(len(step_tokens))
+        new = self._truncate(new, max_new_tokens)
+        return GenerationResult(
+            text=self._text(new, stop), token_ids=new, prompt_tokens=prompt_tokens,
+            steps=1 + len(trace), arms=stats, trace=trace, wall_time_s=time.perf_counter() - start,
+            ttft_s=ttft, emitted=emitted,
+        )
+
+    def _step(
+        self, context: Tensor, k: int, budget: int, sampling: SamplingConfig, generator, stats: dict
+    ) -> list[int]:
+        """One target forward; returns the tokens it commits (accepted drafts + one of the target's own)."""
+        t0 = time.perf_counter()
+        room = min(budget - 1, self.target.max_context - len(context))
+        draft = Draft(torch.empty(0, dtype=torch.long))
+        if k >= 0 and room > 0:
+            arm, gamma = self.pairs[k]
+            draft = arm.propose(context, min(gamma, room), sampling, generator)
+        cached = self.target.length
+        # Host-to-device copies that do not wait for the device: nothing before the read below does.
+        pending, drafted = context[-1:], draft.tokens
+        block = torch.cat([pending.to(self.device, non_blocking=True), drafted.to(self.device, non_blocking=True)])
+        logits = self.target.forward(block).logits
+        n_accepted, tokens = self._verify(logits, draft, sampling, generator)
+        finite = torch.isfinite(logits).all().view(1)
+        # The step's only host-device synchronisation: how many were accepted, and which tokens.
+        n, *tokens, ok = torch.cat([n_accepted.view(1), tokens.view(-1), finite.long()]).tolist()
+        if not ok:
+            raise ValueError(
+                "non-finite logits from the target: check its weights and dtype (float16 often overflows; "
+                "use bfloat16 or float32)"
+            )
+        self.target.crop(cached + 1 + n)
+        if k >= 0:
+            self._learn(k, context, draft, n, tokens[: n + 1], time.perf_counter() - t0, sampling, generator, stats)
+        return tokens[: n + 1]
+
+    def _verify(self, logits: Tensor, draft: Draft, sampling: SamplingConfig, generator) -> tuple[Tensor, Tensor]:
+        if len(draft) == 0:  # nothing to check: a plain autoregressive step
+            u = torch.rand(1, device=self.device, generator=generator)
+            return torch.zeros(1, dtype=torch.long, device=self.device), sample_from(
+                process_logits(logits[-1:], sampling), u
+            )
+        u = torch.rand(1, len(draft) + 1, device=self.device, generator=generator)
+        probs = None if draft.probs is None else draft.probs[None].to(self.device, non_blocking=True)
+        tokens = draft.tokens[None].to(self.device, non_blocking=True)
+        n, tokens = self.verify(logits[None], tokens, probs, sampling, u)
+        return n[0], tokens[0]
+
+    # ---------------------------------------------------------------- bandit feedback
+    def _learn(
+        self, k: int, context: Tensor, draft: Draft, n: int, kept: list[int], seconds: float,
+        sampling: SamplingConfig, generator, stats: dict,
+    ) -> None:
+        arm, _ = self.pairs[k]
+        arm.observe(context, draft, n)
+        s = stats[self.arm_names[k]]
+        s.pulls, s.drafted, s.accepted = s.pulls + 1, s.drafted + len(draft), s.accepted + n
+        if self.selector.full_information:
+            self.selector.update_all(self._would_be_rewards(k, context, kept, seconds, sampling, generator))
+        else:
+            self.selector.update(k, self._reward(n + 1, seconds))
+
+    def _would_be_rewards(
+        self, k: int, context: Tensor, kept: list[int], seconds: float, sampling: SamplingConfig, generator
+    ) -> list[float]:
+        """Full information (Hedge): score every arm's draft against the verified tokens, no extra target call.
+
+        The other arms' drafts cost their own drafting time (measured); the target time is shared."""
+        rewards = []
+        for j, (arm, gamma) in enumerate(self.pairs):
+            if j == k:
+                rewards.append(self._reward(len(kept), seconds))
+                continue
+            t0 = time.perf_counter()
+            tokens = arm.propose(context, gamma, sampling, generator).tokens.tolist()
+            matched = next((i for i, (a, b) in enumerate(zip(tokens, kept)) if a != b), min(len(tokens), len(kept)))
+            rewards.append(self._reward(min(matched, len(kept) - 1) + 1, seconds + time.perf_counter() - t0))
+        return rewards
+
+    def _reward(self, emitted: int, seconds: float) -> float:
+        if self.config.bandit.reward == "accepted_tokens":
+            return emitted / (max(g for _, g in self.pairs) + 1)
+        rate = emitted / max(seconds, 1e-9)
+        self.best_rate = max(self.best_rate, rate)
+        return rate / self.best_rate
+
+    # ---------------------------------------------------------------- input and output
+    def _encode(self, prompt: str | Sequence[int] | Tensor, max_new_tokens: int) -> Tensor:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens}: ask for at least one new token")
+        ids = self.tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else prompt
+        ids = torch.as_tensor(ids, dtype=torch.long).flatten().cpu()
+        if len(ids) == 0:
+            raise ValueError("empty prompt: pass a non-empty string or at least one token id")
+        limit = self.target.max_context
+        if len(ids) + max_new_tokens > limit:
+            raise ValueError(
+                f"prompt of {len(ids)} tokens + max_new_tokens={max_new_tokens} exceeds the context of {limit} "
+                "tokens: shorten the prompt, lower max_new_tokens or raise target.max_context"
+            )
+        if int(ids.max()) >= self.target.vocab_size or int(ids.min()) < 0:
+            raise ValueError(f"prompt has token ids outside the vocabulary [0, {self.target.vocab_size})")
+        return ids
+
+    def _sample(self, logits: Tensor, sampling: SamplingConfig, generator) -> int:
+        if not torch.isfinite(logits).all():
+            raise ValueError("non-finite logits from the target on the prompt: check its weights and dtype")
+        u = torch.rand(1, device=self.device, generator=generator)
+        return int(sample_from(process_logits(logits, sampling), u))
+
+    def _finished(self, new: list[int], max_new_tokens: int, stop: Sequence[str] | None) -> bool:
+        if len(new) >= max_new_tokens or any(t in self.eos_ids for t in new):
+            return True
+        return bool(stop) and any(s in self.tokenizer.decode(new) for s in stop)
+
+    def _truncate(self, new: list[int], max_new_tokens: int) -> list[int]:
+        """A step may commit past the budget or an EOS; drop what follows either."""
+        new = new[:max_new_tokens]
+        ends = [i for i, t in enumerate(new) if t in self.eos_ids]
+        return new[: ends[0] + 1] if ends else new
+
+    def _text(self, new: list[int], stop: Sequence[str] | None) -> str:
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        cuts = [text.find(s) for s in stop or () if s in text]
+        return text[: min(cuts)] if cuts else text
+
+
+def pick_verifier(name: str, device: torch.device):
+    """The fused Triton kernel on CUDA, the PyTorch reference elsewhere, unless the config insists."""
+    choices = {"reference": verify_reference, "triton": verify_triton}
+    if name == "auto":
+        return verify_triton if device.type == "cuda" else verify_reference
+    if name not in choices:
+        raise ValueError(f"verifier={name!r}: use auto, reference or triton")
+    return choices[name]
+
+
+def eos_token_ids(tokenizer, model) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(gen_eos) if isinstance(gen_eos, list) else ({gen_eos} if gen_eos is not None else set())
+    return ids

@@ -1,0 +1,235 @@
+"""The fast path for Llama-family targets: the Hugging Face module's own weights, our attention and cache.
+
+The cache is static (allocated once per engine, indexed by position, as in gpt-fast), so rolling back is
+just moving `length`, and a token tree is one forward with an ancestor mask. Norms, MLPs and the rotary
+embedding are the Hugging Face submodules themselves, so a new Llama-like family needs no fork of its code.
+
+With `graphs=True`, decoding steps (chains of up to GRAPH_TOKENS tokens) take a static-shape forward
+instead: every shape depends on the block length n alone (attention spans the whole cache behind a mask),
+and the block's tokens and positions are written into fixed device buffers, so nothing in the step reads a
+Python number off the device. On CUDA each n is captured once as a CUDA graph and replayed, the layer is
+compiled (one compiled layer serves all of them), and q/k/v and gate/up each run as one matmul; on the CPU
+the same static forward runs uncaptured, which is how tests check it against the eager path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from flashspec.models.base import CausalLM, Scores, tree_depths, tree_mask
+
+ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+GRAPH_TOKENS = 32  # chains up to this long are decoding steps (one graph per length); longer ones: prefill
+
+
+def is_supported(model: PreTrainedModel) -> bool:
+    return type(model).__name__ in ARCHITECTURES
+
+
+@dataclass
+class Step:
+    """The fixed buffers of an n-token decoding step, and its CUDA graph once captured."""
+
+    tokens: Tensor  # [n] int64, written before each call
+    positions: Tensor  # [n] int64, written before each call
+    logits: Tensor | None = None  # [n, V] outputs of the last call (the graph's own buffers once captured)
+    hidden: Tensor | None = None
+    graph: torch.cuda.CUDAGraph | None = None
+
+
+class NativeLlama(CausalLM):
+    supports_tree = True
+
+    def __init__(
+        self, model: PreTrainedModel, max_context: int, graphs: bool = False, compile: bool | None = None
+    ) -> None:
+        """`graphs`: decode through the static-shape path (captured on CUDA). `compile`: compile its layer
+        (default: when capturing on CUDA)."""
+        cfg = model.config
+        self.model = model.eval()
+        self.vocab_size = cfg.vocab_size
+        self.max_context = max_context
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        p = next(model.parameters())
+        self.device = p.device
+        # One tensor per layer, not views of one: a compiled layer then sees the same kind of input each time.
+        shape = (self.n_kv_heads, max_context, self.head_dim)
+        self.k_cache = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in model.model.layers]
+        self.v_cache = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in model.model.layers]
+        self.length = 0
+        self.graphs = graphs
+        self.capture = graphs and self.device.type == "cuda"
+        self.steps: dict[int, Step] = {}
+        if graphs:
+            self.fused = [fuse_layer(layer) for layer in model.model.layers]
+            self.cache_positions = torch.arange(max_context, device=p.device)
+            self.pool = torch.cuda.graph_pool_handle() if self.capture else None
+        self.compiled = graphs and (self.capture if compile is None else compile)
+        self.layer = torch.compile(self._layer) if self.compiled else self._layer
+
+    def reset(self) -> None:
+        self.length = 0  # stale entries are never attended: the mask stops at `length`
+
+    @torch.inference_mode()
+    def forward(self, tokens: Tensor, parents: Tensor | None = None) -> Scores:
+        if self.graphs and parents is None and len(tokens) <= GRAPH_TOKENS:
+            return self._static_forward(tokens)
+        n, start = len(tokens), self.length
+        self.check_room(n)
+        if parents is None:
+            positions = torch.arange(start, start + n)
+            block = torch.ones(n, n, dtype=torch.bool).tril()
+        else:
+            positions = start - 1 + tree_depths(parents.cpu())
+            block = tree_mask(parents.cpu())
+        mask = torch.cat([torch.ones(n, start, dtype=torch.bool), block], dim=1).to(self.device)
+        slots = torch.arange(start, start + n, device=self.device)
+        lm = self.model.model
+        x = lm.embed_tokens(tokens.to(self.device))[None]
+        cos, sin = lm.rotary_emb(x, positions.to(self.device)[None])
+        for i, layer in enumerate(lm.layers):
+            x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, slots, mask)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        hidden = lm.norm(x)[0]
+        self.length = start + n
+        return Scores(self.model.lm_head(hidden).float(), hidden)
+
+    def _attention(
+        self, i: int, attn, x: Tensor, cos: Tensor, sin: Tensor, slots: Tensor, mask: Tensor
+    ) -> Tensor:
+        n = x.shape[1]
+        q = attn.q_proj(x).view(1, n, self.n_heads, self.head_dim)
+        k = attn.k_proj(x).view(1, n, self.n_kv_heads, self.head_dim)
+        v = attn.v_proj(x).view(1, n, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(attn, "q_norm"):  # Qwen3 normalises each head before the rotation
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        self.k_cache[i].index_copy_(1, slots, k[0])
+        self.v_cache[i].index_copy_(1, slots, v[0])
+        end = mask.shape[1]
+        keys, values = self.k_cache[i][None, :, :end], self.v_cache[i][None, :, :end]
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        return attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
+
+    # ---------------------------------------------------------------- the static-shape decoding step
+    def _static_forward(self, tokens: Tensor) -> Scores:
+        n, start = len(tokens), self.length
+        self.check_room(n)
+        if n not in self.steps:
+            self.steps[n] = Step(self.cache_positions[:n].clone(), self.cache_positions[:n].clone())
+        step = self.steps[n]
+        step.tokens.copy_(tokens, non_blocking=True)
+        torch.add(self.cache_positions[:n], start, out=step.positions)  # a kernel, not a copy from the host
+        if step.graph is not None:
+            step.graph.replay()
+        elif self.capture:
+            self._capture(step)
+        else:
+            step.logits, step.hidden = self._decode(step.tokens, step.positions)
+        self.length = start + n
+        # Copies: the graph's outputs are overwritten by its next replay, callers may keep theirs longer.
+        return Scores(step.logits.clone(), step.hidden.clone())
+
+    def _capture(self, step: Step) -> None:
+        """Run the step twice on a side stream (compiling it), capture it, replay it: this call's result."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._decode(step.tokens, step.positions)
+        torch.cuda.current_stream().wait_stream(side)
+        step.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(step.graph, pool=self.pool):
+            step.logits, step.hidden = self._decode(step.tokens, step.positions)
+        step.graph.replay()
+
+    def _decode(self, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and hidden states of the block, every shape fixed by its length."""
+        lm = self.model.model
+        x = lm.embed_tokens(tokens)[None]
+        cos, sin = lm.rotary_emb(x, positions[None])
+        # Token i sees cache slots up to its own; the slots after it hold stale entries or nothing.
+        mask = self.cache_positions[None, :] <= positions[:, None]
+        if self.compiled and len(tokens) > 1:  # one compiled layer for every n > 1 (n = 1 gets its own)
+            for t, dim in ((x, 1), (cos, 1), (sin, 1), (mask, 0), (positions, 0)):
+                torch._dynamo.maybe_mark_dynamic(t, dim)
+        for layer, fused, k_cache, v_cache in zip(lm.layers, self.fused, self.k_cache, self.v_cache, strict=True):
+            x = self.layer(layer, fused, k_cache, v_cache, x, cos, sin, mask, positions)
+        hidden = lm.norm(x)[0]
+        return self.model.lm_head(hidden).float(), hidden
+
+    def _layer(
+        self, layer: nn.Module, fused: tuple, k_cache: Tensor, v_cache: Tensor, x: Tensor, cos: Tensor,
+        sin: Tensor, mask: Tensor, slots: Tensor,
+    ) -> Tensor:
+        """One decoder layer over the whole cache; a pure function of its inputs, so compiling it once serves
+        every layer."""
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv, qkv_bias, gate_up, gate_up_bias = fused
+        n = x.shape[1]
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        q, k, v = F.linear(layer.input_layernorm(x), qkv, qkv_bias).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(1, n, self.n_heads, self.head_dim)
+        k = k.view(1, n, self.n_kv_heads, self.head_dim)
+        if hasattr(attn, "q_norm"):
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+        k_cache.index_copy_(1, slots, k[0].transpose(0, 1))
+        v_cache.index_copy_(1, slots, v.view(n, self.n_kv_heads, self.head_dim).transpose(0, 1))
+        x = x + attn.o_proj(grouped_attention(q, k_cache, v_cache, mask))
+        gate, up = F.linear(layer.post_attention_layernorm(x), gate_up, gate_up_bias).chunk(2, dim=-1)
+        return x + mlp.down_proj(mlp.act_fn(gate) * up)
+
+    # ---------------------------------------------------------------- cache
+    def crop(self, length: int) -> None:
+        self.length = min(length, self.length)
+
+    def keep_path(self, start: int, nodes: Tensor) -> None:
+        src = start + nodes.to(self.device)
+        dst = torch.arange(start, start + len(nodes), device=self.device)
+        for cache in self.k_cache + self.v_cache:
+            cache[:, dst] = cache[:, src]
+        self.length = start + len(nodes)
+
+
+def grouped_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tensor:
+    """q [1, n, H, D] over the cache [Hkv, S, D] with mask [n, S] -> [1, n, H * D]. The H / Hkv query heads of
+    one KV head become that head's query rows, so keys and values are read once and never repeated."""
+    _, n, heads, dim = q.shape
+    kv_heads, span = k_cache.shape[0], k_cache.shape[1]
+    rep = heads // kv_heads
+    q = q.view(n, kv_heads, rep, dim).permute(1, 0, 2, 3).reshape(1, kv_heads, n * rep, dim)
+    rows = mask[:, None, :].expand(n, rep, span).reshape(n * rep, span)
+    out = F.scaled_dot_product_attention(q, k_cache[None], v_cache[None], attn_mask=rows)
+    return out.view(kv_heads, n, rep, dim).permute(1, 0, 2, 3).reshape(1, n, heads * dim)
+
+
+def fuse_layer(layer: nn.Module) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    attn, mlp = layer.self_attn, layer.mlp
+    return (*fuse_linears(attn.q_proj, attn.k_proj, attn.v_proj), *fuse_linears(mlp.gate_proj, mlp.up_proj))
+
+
+def fuse_linears(*linears: nn.Linear) -> tuple[Tensor, Tensor | None]:
+    """One weight (and bias) for Linears that read the same input. The Linears' parameters become views of
+    it, so the Hugging Face module still holds the only copy of the weights and keeps working."""
+    weight = torch.cat([m.weight.data for m in linears])
+    has_bias = [m.bias is not None for m in linears]
+    if any(has_bias) and not all(has_bias):
+        raise ValueError(f"cannot fuse {[type(m).__name__ for m in linears]}: some have a bias, some not")
+    bias = torch.cat([m.bias.data for m in linears]) if all(has_bias) else None
+    start = 0
+    for m in linears:
+        rows = m.weight.shape[0]
+        m.weight.data = weight[start : start + rows]
+        if bias is not None:
+            m.bias.data = bias[start : start + rows]
+        start += rows
+    return weight, bias
