@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
@@ -16,12 +15,10 @@ REQUIRED = {
     ("dataset", "hub"): ["dataset.name=mine", "dataset.hub_id=someone/set"],
 }
 
-schema.register()
 
 
 def typed(*overrides: str, hydra: bool = False):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=hydra)
+    cfg = schema.compose(*overrides, hydra=hydra)
     return cfg if hydra else OmegaConf.to_object(cfg)
 
 

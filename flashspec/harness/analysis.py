@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from flashspec.harness.store import TABLES
+
 # What makes two rows measurements of the same prompt under the same conditions (the oracle compares these).
 CONDITIONS = [
     "target", "temperature", "top_k", "top_p", "seed", "max_new_tokens", "dataset", "prompt_id", "turn",
@@ -29,12 +31,13 @@ class Tables:
 
 def load(path: Path) -> Tables:
     """The tables of a sweep directory (or a single run's directory)."""
-    missing = [name for name in ("results", "arms", "trace") if not (path / f"{name}.csv").is_file()]
+    missing = [name for name in TABLES if not (path / f"{name}.csv").is_file()]
     if missing:
         files = ", ".join(m + ".csv" for m in missing)
         raise ValueError(f"{path} has no {files}: pass a run or sweep directory written by run.py "
                          "(one whose runs have finished)")
-    return Tables(*(pd.read_csv(path / f"{name}.csv") for name in ("results", "arms", "trace")))
+    # gamma is a label ("4", or "2+4+8" for a bandit over several); numeric only where a plot needs it
+    return Tables(*(pd.read_csv(path / f"{name}.csv", dtype={"gamma": str}) for name in TABLES))
 
 
 def label(row: pd.Series, with_gamma: bool = True) -> str:
@@ -74,7 +77,8 @@ def summarize(results: pd.DataFrame, by: list[str]) -> pd.DataFrame:
                           "tok/s": rate, "AR tok/s": base, "speedup": rate / base})
 
     groups = results.groupby(by, dropna=False, sort=True)
-    return pd.DataFrame([one(g) for _, g in groups], index=groups.size().index).reset_index()
+    table = pd.DataFrame([one(g) for _, g in groups], index=groups.size().index).reset_index()
+    return table.astype({"rows": int})
 
 
 def regret(trace: pd.DataFrame) -> pd.DataFrame:

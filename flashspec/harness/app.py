@@ -11,7 +11,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from flashspec.harness import runner
-from flashspec.harness.analysis import summarize
 
 
 def task(cfg: DictConfig) -> None:
@@ -30,5 +29,4 @@ class SweepSummary(Callback):
         if not path.is_file():
             print(f"no complete runs in {path.parent}")
             return
-        table = summarize(pd.read_csv(path), runner.SUMMARY_KEYS)
-        print(f"\nsweep summary\n{table.to_string(index=False)}\n\nrows: {path}")
+        print(f"\nsweep summary{runner.summary_text(pd.read_csv(path), path.parent)}")

@@ -62,11 +62,11 @@ def run_info(cfg: RunConfig, run_id: str) -> dict:
 
 def run_columns(cfg: RunConfig, run_id: str) -> dict:
     """The columns shared by all rows of a run; settings the run does not read stay empty."""
-    spec = uses_gamma(cfg)
+    spec, ours = uses_gamma(cfg), cfg.method.backend == "flashspec"
     return {
         "run_id": run_id, "config_hash": config_hash(cfg), "method": cfg.method.name,
-        "target": cfg.target.model, "arm_set": cfg.arms.name if spec else None,
-        "bandit": cfg.bandit.policy if cfg.method.backend == "flashspec" else None,
+        "target": cfg.target.model, "arm_set": cfg.arms.name if spec and ours else None,
+        "bandit": cfg.bandit.policy if ours else None,
         "gamma": "+".join(map(str, gammas(cfg))) if spec else None,
         "temperature": cfg.sampling.temperature, "top_k": cfg.sampling.top_k, "top_p": cfg.sampling.top_p,
         "seed": cfg.sampling.seed, "max_new_tokens": cfg.max_new_tokens, "dataset": cfg.dataset.name,
@@ -86,6 +86,8 @@ def result_row(cfg: RunConfig, out: GenerationResult, base: GenerationResult | N
         "baseline_new_tokens": base.new_tokens if base else None,
         "baseline_wall_time_s": base.wall_time_s if base else math.nan,
         "baseline_tokens_per_s": base_rate, "speedup": out.tokens_per_s / base_rate,
+        # Under greedy decoding a lossless method reproduces the baseline's tokens exactly.
+        "matches_baseline": out.token_ids == base.token_ids if base else None,
     }
 
 
@@ -104,7 +106,7 @@ COLUMNS = {
         "run_id", "config_hash", "method", "target", "arm_set", "bandit", "gamma", "temperature", "top_k",
         "top_p", "seed", "max_new_tokens", "dataset", "category", "prompt_id", "turn", "fixed_arm",
         "prompt_tokens", "new_tokens", "steps", "tau", "alpha", "wall_time_s", "ttft_s", "tokens_per_s",
-        "baseline_new_tokens", "baseline_wall_time_s", "baseline_tokens_per_s", "speedup",
+        "baseline_new_tokens", "baseline_wall_time_s", "baseline_tokens_per_s", "speedup", "matches_baseline",
     ],
     "arms": ["run_id", "prompt_id", "turn", "arm", "pulls", "drafted", "accepted"],
     "trace": ["run_id", "prompt_id", "turn", "step", "arm", "emitted"],
@@ -176,5 +178,5 @@ SUMMARY_KEYS = ["method", "bandit", "fixed_arm", "arm_set", "gamma", "dataset"]
 
 
 def summary_text(results: pd.DataFrame, root: Path) -> str:
-    table = summarize(results, SUMMARY_KEYS)
+    table = summarize(results, SUMMARY_KEYS).dropna(axis=1, how="all")  # e.g. fixed_arm when none is fixed
     return f"\n{table.to_string(index=False)}\n\nrows: {root / 'results.csv'}"

@@ -12,10 +12,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 from flashspec.config import ArmConfig, BanditConfig, FlashSpecConfig, SamplingConfig, TargetConfig
-from flashspec.harness.data import DatasetConfig
+from flashspec.harness.data import PROJECT_ROOT, DatasetConfig
 
 METHODS = ("flashspec", "hf_generate")
 
@@ -55,6 +58,23 @@ class RunConfig:
 
 def register() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    if not OmegaConf.has_resolver("dirname"):
+        OmegaConf.register_new_resolver("dirname", dirname)
+
+
+def dirname(overrides: str) -> str:
+    """A sweep job's directory name from its overrides: one path level (values may be paths), not too long."""
+    name = overrides.replace("/", "_") or "run"
+    return name if len(name) <= 120 else f"{name[:100]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+
+
+def compose(*overrides: str, hydra: bool = False) -> DictConfig:
+    """The config `python run.py <overrides>` would run, composed without running it (tests, notebooks).
+
+    `hydra=True` keeps the `hydra` node (sweep settings); OmegaConf.to_object makes the rest a RunConfig."""
+    register()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def gammas(cfg: RunConfig) -> list[int]:

@@ -1,0 +1,51 @@
+import os
+import stat
+
+import pandas as pd
+
+from flashspec.harness import store
+
+
+def frames(run_id: str, n: int) -> dict[str, pd.DataFrame]:
+    rows = pd.DataFrame({"run_id": [run_id] * n, "prompt_id": [f"p{i}" for i in range(n)], "turn": 1})
+    return {"results": rows, "arms": rows.assign(arm="a"), "trace": rows.iloc[:0]}
+
+
+def test_write_atomic_replaces_whole_file_and_leaves_no_temporaries(tmp_path):
+    path = tmp_path / "x.csv"
+    store.write_atomic(path, "old\n")
+    store.write_atomic(path, "new\n")
+    assert path.read_text() == "new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.csv"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~store.UMASK  # not mkstemp's private 0600
+
+
+def test_only_marked_runs_are_complete_and_enter_the_sweep(tmp_path):
+    (tmp_path / "a").mkdir()
+    store.save_run(tmp_path / "a", "hash-a", frames("a", 2))
+    (tmp_path / "b").mkdir()
+    store.save_run(tmp_path / "b", "hash-b", frames("b", 3))
+    (tmp_path / "killed").mkdir()  # a run that died before its marker: CSVs present, no `done`
+    for name, frame in frames("killed", 5).items():
+        store.write_table(tmp_path / "killed" / f"{name}.csv", frame)
+    assert store.completed_runs(tmp_path) == {"hash-a": tmp_path / "a", "hash-b": tmp_path / "b"}
+    store.rebuild_sweep(tmp_path)
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert sorted(results["run_id"]) == ["a", "a", "b", "b", "b"]
+    assert len(pd.read_csv(tmp_path / "arms.csv")) == 5
+    assert list(pd.read_csv(tmp_path / "trace.csv").columns) == ["run_id", "prompt_id", "turn"]
+
+
+def test_clear_done_withdraws_a_run(tmp_path):
+    store.save_run(tmp_path, "h", frames("r", 1))
+    assert store.completed_runs(tmp_path) == {"h": tmp_path}
+    store.clear_done(tmp_path)
+    assert store.completed_runs(tmp_path) == {}
+
+
+def test_a_duplicated_config_enters_the_sweep_once(tmp_path):
+    for run in ("a", "b"):  # e.g. two parallel jobs whose settings differ only in what neither reads
+        os.mkdir(tmp_path / run)
+        store.save_run(tmp_path / run, "same-hash", frames(run, 2))
+    store.rebuild_sweep(tmp_path)
+    assert len(pd.read_csv(tmp_path / "results.csv")) == 2
