@@ -17,7 +17,7 @@ from flashspec.arms import Arm, Draft, build_arm
 from flashspec.bandit import SELECTORS, make_selector
 from flashspec.config import FlashSpecConfig, SamplingConfig
 from flashspec.metrics import ArmStats, GenerationResult
-from flashspec.models import CausalLM, load_model
+from flashspec.models import CausalLM, Scores, load_model
 from flashspec.verify import process_logits, sample_from, verify_reference, verify_triton
 
 
@@ -44,6 +44,8 @@ class SpeculativeEngine:
         arms = list(arms) if speculative else []
         # Every (arm, gamma) pair is one arm of the bandit, so the bandit can pick gamma too.
         self.pairs: list[tuple[Arm, int]] = [(arm, int(g)) for arm in arms for g in cfg.gammas]
+        # Arms that draft from the target's states hear of every target forward.
+        self.listeners = [arm for arm in arms if type(arm).observe_target is not Arm.observe_target]
         multi_gamma = len(cfg.gammas) > 1
         self.arm_names = [f"{arm.name}@{g}" if multi_gamma else arm.name for arm, g in self.pairs]
         self.selector = None
@@ -74,7 +76,9 @@ class SpeculativeEngine:
         self.target.reset()
         for arm, _ in self.pairs:
             arm.begin(context)
-        first = self._sample(self.target.forward(context.to(self.device)).logits[-1:], sampling, generator)
+        scores = self.target.forward(context.to(self.device))
+        self._observe_target(0, scores)
+        first = self._sample(scores.logits[-1:], sampling, generator)
         ttft = time.perf_counter() - start
         prompt_tokens, new = len(context), [first]
         context = torch.cat([context, torch.tensor([first])])
@@ -106,7 +110,8 @@ class SpeculativeEngine:
         # Host-to-device copies that do not wait for the device: nothing before the read below does.
         pending, drafted = context[-1:], draft.tokens
         block = torch.cat([pending.to(self.device, non_blocking=True), drafted.to(self.device, non_blocking=True)])
-        logits = self.target.forward(block).logits
+        scores = self.target.forward(block)
+        logits = scores.logits
         n_accepted, tokens = self._verify(logits, draft, sampling, generator)
         finite = torch.isfinite(logits).all().view(1)
         # The step's only host-device synchronisation: how many were accepted, and which tokens.
@@ -117,6 +122,7 @@ class SpeculativeEngine:
                 "use bfloat16 or float32)"
             )
         self.target.crop(cached + 1 + n)
+        self._observe_target(cached, scores.rows(slice(0, n + 1)))
         if k >= 0:
             self._learn(k, context, draft, n, tokens[: n + 1], time.perf_counter() - t0, sampling, generator, stats)
         return tokens[: n + 1]
@@ -132,6 +138,10 @@ class SpeculativeEngine:
         tokens = draft.tokens[None].to(self.device, non_blocking=True)
         n, tokens = self.verify(logits[None], tokens, probs, sampling, u)
         return n[0], tokens[0]
+
+    def _observe_target(self, start: int, kept: Scores) -> None:
+        for arm in self.listeners:
+            arm.observe_target(start, kept)
 
     # ---------------------------------------------------------------- bandit feedback
     def _learn(

@@ -8,11 +8,16 @@ from transformers import PreTrainedTokenizerBase
 
 from flashspec.arms.base import Arm, Draft
 from flashspec.arms.draft_model import DraftModelArm
+from flashspec.arms.eagle import EagleArm, build_eagle
 from flashspec.arms.prompt_lookup import PromptLookupArm
+from flashspec.arms.streaming import StreamingArm, build_streaming
 from flashspec.config import ArmConfig, TargetConfig
 from flashspec.models import CausalLM, load_model
 
-__all__ = ["Arm", "Draft", "DraftModelArm", "PromptLookupArm", "build_arm", "check_same_tokenizer"]
+__all__ = [
+    "Arm", "Draft", "DraftModelArm", "EagleArm", "PromptLookupArm", "StreamingArm", "build_arm",
+    "check_same_tokenizer",
+]
 
 
 def check_same_tokenizer(target: PreTrainedTokenizerBase, draft: PreTrainedTokenizerBase, name: str) -> None:
@@ -39,4 +44,8 @@ def build_arm(cfg: ArmConfig, target: CausalLM, tokenizer: PreTrainedTokenizerBa
                 "their vocabularies must match; pick a draft model from the target's family"
             )
         return DraftModelArm(model, name=f"draft:{cfg.model.rstrip('/').split('/')[-1]}")
-    raise ValueError(f"unknown arm kind {cfg.kind!r}: use prompt_lookup or draft_model")
+    if cfg.kind == "eagle":
+        return build_eagle(cfg, target)
+    if cfg.kind == "streaming":
+        return build_streaming(cfg, target)
+    raise ValueError(f"unknown arm kind {cfg.kind!r}: use prompt_lookup, draft_model, eagle or streaming")

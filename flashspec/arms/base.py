@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from flashspec.config import SamplingConfig
+from flashspec.models.base import Scores
 
 
 @dataclass
@@ -29,6 +30,11 @@ class Arm(ABC):
     @abstractmethod
     def propose(self, context: Tensor, gamma: int, sampling: SamplingConfig, generator) -> Draft:
         """Up to `gamma` tokens to follow `context` (all committed ids, CPU); fewer, even none, is allowed."""
+
+    def observe_target(self, start: int, scores: Scores) -> None:
+        """After every target forward (the prefill included, whichever arm drafted): `scores` has the rows of
+        the tokens it committed to the cache, positions [start, start + n). Arms that draft from the target's
+        states (EAGLE, Medusa, Speculative Streaming) keep what they need."""
 
     def observe(self, context: Tensor, draft: Draft, n_accepted: int) -> None:
         """The target kept the first `n_accepted` tokens of this arm's last `draft`; `context` is now committed."""

@@ -13,6 +13,13 @@ from torch import Tensor
 class Scores:
     logits: Tensor  # [n, V] float32, one row per new token
     hidden: Tensor  # [n, D] final hidden state (after the last norm), the feature EAGLE / Medusa heads read
+    # [n, D] the residual stream entering layer `capture_layer` (models that capture one)
+    layer_hidden: Tensor | None = None
+
+    def rows(self, index: slice | Tensor) -> Scores:
+        """The scores of some rows (e.g. the ones the verifier kept)."""
+        layer = None if self.layer_hidden is None else self.layer_hidden[index]
+        return Scores(self.logits[index], self.hidden[index], layer)
 
 
 class CausalLM(ABC):
@@ -22,6 +29,7 @@ class CausalLM(ABC):
     max_context: int
     supports_tree: bool = False
     length: int = 0
+    capture_layer: int | None = None  # fill Scores.layer_hidden with this layer's input (models that can)
 
     @abstractmethod
     def reset(self) -> None:

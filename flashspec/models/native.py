@@ -40,6 +40,7 @@ class Step:
     positions: Tensor  # [n] int64, written before each call
     logits: Tensor | None = None  # [n, V] outputs of the last call (the graph's own buffers once captured)
     hidden: Tensor | None = None
+    layer_hidden: Tensor | None = None
     graph: torch.cuda.CUDAGraph | None = None
 
 
@@ -78,6 +79,14 @@ class NativeLlama(CausalLM):
     def reset(self) -> None:
         self.length = 0  # stale entries are never attended: the mask stops at `length`
 
+    def set_capture_layer(self, layer: int | None) -> None:
+        """Return the residual stream entering `layer` as Scores.layer_hidden from every forward."""
+        if layer is not None and not 0 <= layer < len(self.model.model.layers):
+            last = len(self.model.model.layers) - 1
+            raise ValueError(f"capture_layer={layer}: the model has layers 0 to {last}")
+        self.capture_layer = layer
+        self.steps.clear()  # graphs captured before do not write the new output
+
     @torch.inference_mode()
     def forward(self, tokens: Tensor, parents: Tensor | None = None) -> Scores:
         if self.graphs and parents is None and len(tokens) <= GRAPH_TOKENS:
@@ -95,12 +104,15 @@ class NativeLlama(CausalLM):
         lm = self.model.model
         x = lm.embed_tokens(tokens.to(self.device))[None]
         cos, sin = lm.rotary_emb(x, positions.to(self.device)[None])
+        captured = None
         for i, layer in enumerate(lm.layers):
+            if i == self.capture_layer:
+                captured = x[0]
             x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, slots, mask)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         hidden = lm.norm(x)[0]
         self.length = start + n
-        return Scores(self.model.lm_head(hidden).float(), hidden)
+        return Scores(self.model.lm_head(hidden).float(), hidden, captured)
 
     def _attention(
         self, i: int, attn, x: Tensor, cos: Tensor, sin: Tensor, slots: Tensor, mask: Tensor
@@ -133,10 +145,11 @@ class NativeLlama(CausalLM):
         elif self.capture:
             self._capture(step)
         else:
-            step.logits, step.hidden = self._decode(step.tokens, step.positions)
+            step.logits, step.hidden, step.layer_hidden = self._decode(step.tokens, step.positions)
         self.length = start + n
         # Copies: the graph's outputs are overwritten by its next replay, callers may keep theirs longer.
-        return Scores(step.logits.clone(), step.hidden.clone())
+        captured = None if step.layer_hidden is None else step.layer_hidden.clone()
+        return Scores(step.logits.clone(), step.hidden.clone(), captured)
 
     def _capture(self, step: Step) -> None:
         """Run the step twice on a side stream (compiling it), capture it, replay it: this call's result."""
@@ -148,11 +161,11 @@ class NativeLlama(CausalLM):
         torch.cuda.current_stream().wait_stream(side)
         step.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(step.graph, pool=self.pool):
-            step.logits, step.hidden = self._decode(step.tokens, step.positions)
+            step.logits, step.hidden, step.layer_hidden = self._decode(step.tokens, step.positions)
         step.graph.replay()
 
-    def _decode(self, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits and hidden states of the block, every shape fixed by its length."""
+    def _decode(self, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Logits, hidden states and captured layer input of the block, every shape fixed by its length."""
         lm = self.model.model
         x = lm.embed_tokens(tokens)[None]
         cos, sin = lm.rotary_emb(x, positions[None])
@@ -161,10 +174,13 @@ class NativeLlama(CausalLM):
         if self.compiled and len(tokens) > 1:  # one compiled layer for every n > 1 (n = 1 gets its own)
             for t, dim in ((x, 1), (cos, 1), (sin, 1), (mask, 0), (positions, 0)):
                 torch._dynamo.maybe_mark_dynamic(t, dim)
-        for layer, fused, k_cache, v_cache in zip(lm.layers, self.fused, self.k_cache, self.v_cache, strict=True):
-            x = self.layer(layer, fused, k_cache, v_cache, x, cos, sin, mask, positions)
+        captured = None
+        for i, parts in enumerate(zip(lm.layers, self.fused, self.k_cache, self.v_cache, strict=True)):
+            if i == self.capture_layer:
+                captured = x[0]
+            x = self.layer(*parts, x, cos, sin, mask, positions)
         hidden = lm.norm(x)[0]
-        return self.model.lm_head(hidden).float(), hidden
+        return self.model.lm_head(hidden).float(), hidden, captured
 
     def _layer(
         self, layer: nn.Module, fused: tuple, k_cache: Tensor, v_cache: Tensor, x: Tensor, cos: Tensor,
