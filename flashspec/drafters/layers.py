@@ -9,6 +9,18 @@ from torch import Tensor, nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 
+def project(attn: nn.Module, h: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Queries [B, H, n, hd], keys and values [B, Hkv, n, hd] of the normed input h [B, n, D], rotated."""
+    b, n, _ = h.shape
+    q = attn.q_proj(h).view(b, n, -1, attn.head_dim)
+    k = attn.k_proj(h).view(b, n, -1, attn.head_dim)
+    v = attn.v_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
+    if hasattr(attn, "q_norm"):  # Qwen3 normalises each head before the rotation
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    return q, k, v
+
+
 def decoder_layer(
     layer: nn.Module, x: Tensor, cos: Tensor, sin: Tensor, past: tuple[Tensor, Tensor] | None, mask: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -16,15 +28,8 @@ def decoder_layer(
     ([B, Hkv, S, hd], already rotated) and to itself, as `mask` ([n, S + n] bool, True = attend) allows.
     Returns the layer's output and the block's own keys and values (rotated), for a caller's cache."""
     attn = layer.self_attn
-    b, n, _ = x.shape
-    h = layer.input_layernorm(x)
-    q = attn.q_proj(h).view(b, n, -1, attn.head_dim)
-    k = attn.k_proj(h).view(b, n, -1, attn.head_dim)
-    v = attn.v_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
-    if hasattr(attn, "q_norm"):  # Qwen3 normalises each head before the rotation
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    q, k, v = project(attn, layer.input_layernorm(x), cos, sin)
     keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
     out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
-    x = x + attn.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+    x = x + attn.o_proj(out.transpose(1, 2).flatten(2))
     return x + layer.mlp(layer.post_attention_layernorm(x)), k, v
