@@ -1,27 +1,23 @@
 """What a run decodes with: flashspec's engine, or transformers' `generate` as an outside baseline.
 
 Both return a `GenerationResult`; `generate` reports no steps, arms or trace (steps=0 marks that), so its
-tau and alpha stay empty in the CSV. Built engines are kept per process, keyed by config, so the
-autoregressive baseline of a sweep loads once and its timings are cached per prompt.
+tau and alpha stay empty in the CSV. The autoregressive baseline's engine is kept per process, keyed by
+config, so a sweep loads it once, and its timing of each prompt is measured once and reused.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from flashspec.config import FlashSpecConfig, SamplingConfig
 from flashspec.engine import SpeculativeEngine, eos_token_ids
 from flashspec.harness.schema import RunConfig, baseline_config, engine_config, gammas
 from flashspec.metrics import GenerationResult
 from flashspec.models import load_hf
-
-Generate = Callable[[list[int], int], GenerationResult]  # (prompt ids, max_new_tokens) -> result
 
 BASELINE_ENGINE: dict[str, SpeculativeEngine] = {}
 BASELINE_RESULTS: dict[tuple, GenerationResult] = {}
@@ -32,54 +28,54 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def baseline_engine(config: FlashSpecConfig) -> SpeculativeEngine:
-    """Kept across the runs of a sweep (it holds no bandit state); one loaded at a time."""
-    key = json.dumps(asdict(config), sort_keys=True)
-    if key not in BASELINE_ENGINE:
-        BASELINE_ENGINE.clear()
-        BASELINE_ENGINE[key] = SpeculativeEngine(config)
-    return BASELINE_ENGINE[key]
+class FlashSpecDecoder:
+    def __init__(self, cfg: RunConfig) -> None:
+        self.engine = SpeculativeEngine(engine_config(cfg))  # fresh: bandit state must not leak between runs
+        self.tokenizer, self.device = self.engine.tokenizer, cfg.target.device
 
-
-def flashspec_decoder(cfg: RunConfig) -> tuple[Generate, PreTrainedTokenizerBase]:
-    eng = SpeculativeEngine(engine_config(cfg))  # fresh: bandit state must not leak between runs
-
-    def generate(ids: list[int], max_new_tokens: int) -> GenerationResult:
-        out = eng.generate(ids, max_new_tokens=max_new_tokens)
-        synchronize(cfg.target.device)
+    def generate(self, ids: list[int], max_new_tokens: int) -> GenerationResult:
+        out = self.engine.generate(ids, max_new_tokens=max_new_tokens)
+        synchronize(self.device)
         return out
 
-    return generate, eng.tokenizer
+    def forget(self) -> None:
+        """Drop what the warm-up taught the bandit (state that bandit.scope=run carries across requests)."""
+        if self.engine.selector is not None:
+            self.engine.selector.reset()
+        self.engine.best_rate = 0.0
 
 
-def hf_decoder(cfg: RunConfig) -> tuple[Generate, PreTrainedTokenizerBase]:
-    model, tokenizer = load_hf(cfg.target.model, cfg.target)
-    kwargs = hf_kwargs(cfg, tokenizer, model)
-    eos = eos_token_ids(tokenizer, model)
+class HFDecoder:
+    def __init__(self, cfg: RunConfig) -> None:
+        self.model, self.tokenizer = load_hf(cfg.target.model, cfg.target)
+        self.kwargs = hf_kwargs(cfg, self.tokenizer)
+        self.eos = eos_token_ids(self.tokenizer, self.model)
+        self.device, self.seed = cfg.target.device, cfg.sampling.seed
 
-    def generate(ids: list[int], max_new_tokens: int) -> GenerationResult:
-        torch.manual_seed(cfg.sampling.seed)
-        inputs = torch.tensor([ids], device=model.device)
-        synchronize(cfg.target.device)
+    def generate(self, ids: list[int], max_new_tokens: int) -> GenerationResult:
+        torch.manual_seed(self.seed)
+        inputs = torch.tensor([ids], device=self.model.device)
+        synchronize(self.device)
         start = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(
-                inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens, **kwargs
+            out = self.model.generate(
+                inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens, **self.kwargs
             )
-        synchronize(cfg.target.device)
+        synchronize(self.device)
         seconds = time.perf_counter() - start
         new = out[0, len(ids):].tolist()
-        ends = [i for i, t in enumerate(new) if t in eos]
-        new = new[: ends[0] + 1] if ends else new  # generate pads after EOS only in batches; be safe
+        ends = [i for i, t in enumerate(new) if t in self.eos]
+        new = new[: ends[0] + 1] if ends else new  # what follows an EOS is padding
         return GenerationResult(
-            text=tokenizer.decode(new, skip_special_tokens=True), token_ids=new, prompt_tokens=len(ids),
+            text=self.tokenizer.decode(new, skip_special_tokens=True), token_ids=new, prompt_tokens=len(ids),
             steps=0, arms={}, trace=[], wall_time_s=seconds, ttft_s=float("nan"),
         )
 
-    return generate, tokenizer
+    def forget(self) -> None:
+        """`generate` keeps nothing between calls (the assistant's length schedule is constant)."""
 
 
-def hf_kwargs(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, model) -> dict:
+def hf_kwargs(cfg: RunConfig, tokenizer) -> dict:
     """`generate` arguments matching the run's sampling, cache and drafter settings."""
     s: SamplingConfig = cfg.sampling
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -96,15 +92,31 @@ def hf_kwargs(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, model) -> dict
     return kwargs
 
 
-def decoder(cfg: RunConfig) -> tuple[Generate, PreTrainedTokenizerBase]:
-    return hf_decoder(cfg) if cfg.method.backend == "hf_generate" else flashspec_decoder(cfg)
+Decoder = FlashSpecDecoder | HFDecoder
 
 
-def baseline(cfg: RunConfig, ids: list[int], max_new_tokens: int) -> GenerationResult:
-    """Plain autoregressive decoding of the ids with the run's target and sampling; timed once per process."""
+def decoder(cfg: RunConfig) -> Decoder:
+    return HFDecoder(cfg) if cfg.method.backend == "hf_generate" else FlashSpecDecoder(cfg)
+
+
+def baseline_engine(config: FlashSpecConfig) -> SpeculativeEngine:
+    """Kept across the runs of a sweep (it holds no bandit state); one loaded at a time."""
+    key = json.dumps(asdict(config), sort_keys=True)
+    if key not in BASELINE_ENGINE:
+        BASELINE_ENGINE.clear()
+        BASELINE_ENGINE[key] = SpeculativeEngine(config)
+    return BASELINE_ENGINE[key]
+
+
+def baseline(cfg: RunConfig, ids: list[int], max_new_tokens: int, cached: bool = True) -> GenerationResult:
+    """Plain autoregressive decoding of the ids with the run's target and sampling, timed once per process
+    (`cached=False`, for warm-ups, runs it again and keeps nothing)."""
     config = baseline_config(cfg)
     key = (json.dumps(asdict(config), sort_keys=True), max_new_tokens, tuple(ids))
-    if key not in BASELINE_RESULTS:
-        BASELINE_RESULTS[key] = baseline_engine(config).generate(ids, max_new_tokens=max_new_tokens)
-        synchronize(cfg.target.device)
-    return BASELINE_RESULTS[key]
+    if key in BASELINE_RESULTS and cached:
+        return BASELINE_RESULTS[key]
+    out = baseline_engine(config).generate(ids, max_new_tokens=max_new_tokens)
+    synchronize(cfg.target.device)
+    if cached:
+        BASELINE_RESULTS[key] = out
+    return out

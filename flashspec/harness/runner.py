@@ -113,26 +113,28 @@ COLUMNS = {
 }
 
 
-def warm_up(cfg: RunConfig, generate: decoders.Generate, ids: list[int]) -> None:
-    """An untimed short generation, so one-off costs (allocation, kernel selection) miss the first prompt."""
-    generate(ids, min(4, cfg.max_new_tokens))
-    if cfg.baseline:
-        decoders.baseline(cfg, ids, min(4, cfg.max_new_tokens))
+def warm_up(cfg: RunConfig, dec: decoders.Decoder, prompts: list[Prompt]) -> None:
+    """Untimed generations on the first `cfg.warmup` prompts, so one-off costs (allocation, kernel selection,
+    compilation for new shapes, CUDA-graph capture) miss the measured ones; the bandit then forgets them."""
+    for prompt in tqdm(prompts[: cfg.warmup], desc="warm-up", unit="prompt", disable=not cfg.progress):
+        ids = encode(dec.tokenizer, [{"role": "user", "content": prompt.turns[0]}], cfg.dataset.chat)
+        dec.generate(ids, cfg.max_new_tokens)
+        if cfg.baseline:
+            decoders.baseline(cfg, ids, cfg.max_new_tokens, cached=False)
+    dec.forget()
 
 
 def decode_all(cfg: RunConfig, prompts: list[Prompt], run_id: str) -> dict[str, pd.DataFrame]:
-    generate, tokenizer = decoders.decoder(cfg)
-    if cfg.warmup:
-        warm_up(cfg, generate, encode(tokenizer, [{"role": "user", "content": prompts[0].turns[0]}],
-                                      cfg.dataset.chat))
+    dec = decoders.decoder(cfg)
+    warm_up(cfg, dec, prompts)
     shared = run_columns(cfg, run_id)
     tables: dict[str, list[dict]] = {name: [] for name in store.TABLES}
     for prompt in tqdm(prompts, desc=f"{run_id} {cfg.dataset.name}", unit="prompt", disable=not cfg.progress):
         messages: list[dict] = []
         for turn, text in enumerate(prompt.turns, 1):
             messages.append({"role": "user", "content": text})
-            ids = encode(tokenizer, messages, cfg.dataset.chat)
-            out = generate(ids, cfg.max_new_tokens)
+            ids = encode(dec.tokenizer, messages, cfg.dataset.chat)
+            out = dec.generate(ids, cfg.max_new_tokens)
             base = decoders.baseline(cfg, ids, cfg.max_new_tokens) if cfg.baseline else None
             key = {"run_id": run_id, "prompt_id": prompt.id, "turn": turn}
             about = {"category": prompt.category, "prompt_id": prompt.id, "turn": turn}
@@ -157,6 +159,7 @@ def run(cfg: RunConfig, info: dict, run_dir: Path, root: Path) -> pd.DataFrame |
     store.clear_done(run_dir)
     info |= run_info(cfg, run_dir.name)
     store.write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
+    torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_sdpa)  # process-wide, and the same for every method
     tables = decode_all(cfg, load_prompts(cfg.dataset, cfg.data_dir), run_dir.name)
     info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     store.write_atomic(run_dir / "run.json", json.dumps(info, indent=2))

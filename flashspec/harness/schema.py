@@ -52,7 +52,10 @@ class RunConfig:
     max_new_tokens: int = 32
     data_dir: str = "../shared/data"  # relative paths are taken from the project root
     baseline: bool = True  # also time plain autoregressive decoding of each prompt, for the speedup column
-    warmup: bool = True  # one untimed short generation first, so one-off costs do not land on prompt 1
+    warmup: int = 1  # untimed generations (on the first prompts) before measuring; hardware/ sets it
+    # cuDNN's attention builds a plan for every new sequence length (seconds each on an H200, so an eager
+    # decode pays it at every step of every prompt): off, so timings measure decoding, not planning.
+    cudnn_sdpa: bool = False
     progress: bool = True  # tqdm bars
 
 
@@ -90,6 +93,8 @@ def check(cfg: RunConfig) -> None:
         raise ValueError(f"method.backend={cfg.method.backend!r}: use one of {', '.join(METHODS)}")
     if cfg.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={cfg.max_new_tokens}: use a positive count")
+    if cfg.warmup < 0:
+        raise ValueError(f"warmup={cfg.warmup}: use 0 (no warm-up) or a number of prompts")
     if cfg.method.assistant and cfg.method.prompt_lookup:
         raise ValueError("method: set assistant or prompt_lookup, not both (transformers runs one drafter)")
     if cfg.method.backend == "hf_generate" and uses_gamma(cfg) and len(gammas(cfg)) > 1:
