@@ -15,6 +15,7 @@ from torch import Tensor
 
 from flashspec.arms import Arm, Draft, build_arm
 from flashspec.bandit import SELECTORS, make_selector
+from flashspec.benchmark import BenchmarkResult, benchmark
 from flashspec.config import FlashSpecConfig, SamplingConfig
 from flashspec.metrics import ArmStats, GenerationResult
 from flashspec.models import CausalLM, Scores, load_model
@@ -55,6 +56,10 @@ class SpeculativeEngine:
         self.verify = pick_verifier(cfg.verifier, self.device)
         self.eos_ids = eos_token_ids(self.tokenizer, getattr(self.target, "model", None))
         self.best_rate = 0.0  # tokens/s normaliser that maps the throughput reward into [0, 1]
+
+    def benchmark(self, test_prompts: Sequence, num_runs: int = 3, **kwargs) -> BenchmarkResult:
+        """Speedup over autoregressive decoding, tokens/s, acceptance rate, memory: see flashspec/benchmark.py."""
+        return benchmark(self, test_prompts, num_runs, **kwargs)
 
     # ---------------------------------------------------------------- the loop
     def generate(
