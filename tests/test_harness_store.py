@@ -49,3 +49,13 @@ def test_a_duplicated_config_enters_the_sweep_once(tmp_path):
         store.save_run(tmp_path / run, "same-hash", frames(run, 2))
     store.rebuild_sweep(tmp_path)
     assert len(pd.read_csv(tmp_path / "results.csv")) == 2
+
+
+def test_sweep_tables_keep_each_value_as_written(tmp_path):
+    for run, gamma in (("a", "4"), ("b", None)):  # a column with gaps must not turn 4 into 4.0
+        os.mkdir(tmp_path / run)
+        tables = frames(run, 1)
+        tables["results"] = tables["results"].assign(gamma=gamma)
+        store.save_run(tmp_path / run, f"hash-{run}", tables)
+    store.rebuild_sweep(tmp_path)
+    assert (tmp_path / "results.csv").read_text().splitlines()[1:] == ["a,p0,1,4", "b,p0,1,"]

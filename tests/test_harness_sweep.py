@@ -81,7 +81,7 @@ def test_bandit_by_gamma_sweep_gives_one_csv_figures_and_tables(tmp_path, data_d
 
 def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
-    args = command(data_dir, sweep, "gamma=2,4")
+    args = command(data_dir, sweep, "gamma=2,4", "warmup=0")
     log = tmp_path / "killed.log"
     with log.open("w") as sink:  # a file, not a pipe: a full pipe would stall the sweep
         proc = subprocess.Popen(args, cwd=ROOT, env=environment(), stdout=sink, stderr=subprocess.STDOUT)

@@ -36,8 +36,12 @@ def load(path: Path) -> Tables:
         files = ", ".join(m + ".csv" for m in missing)
         raise ValueError(f"{path} has no {files}: pass a run or sweep directory written by run.py "
                          "(one whose runs have finished)")
+    return Tables(*(read_table(path / f"{name}.csv") for name in TABLES))
+
+
+def read_table(path: Path) -> pd.DataFrame:
     # gamma is a label ("4", or "2+4+8" for a bandit over several); numeric only where a plot needs it
-    return Tables(*(pd.read_csv(path / f"{name}.csv", dtype={"gamma": str}) for name in TABLES))
+    return pd.read_csv(path, dtype={"gamma": str})
 
 
 def label(row: pd.Series, with_gamma: bool = True) -> str:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from flashspec.harness import runner
+from flashspec.harness.analysis import read_table
 
 
 def task(cfg: DictConfig) -> None:
@@ -29,4 +29,4 @@ class SweepSummary(Callback):
         if not path.is_file():
             print(f"no complete runs in {path.parent}")
             return
-        print(f"\nsweep summary{runner.summary_text(pd.read_csv(path), path.parent)}")
+        print(f"\nsweep summary{runner.summary_text(read_table(path), path.parent)}")

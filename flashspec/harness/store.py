@@ -69,5 +69,6 @@ def rebuild_sweep(root: Path) -> None:
         return
     with FileLock(str(root / ".sweep.lock")):  # parallel launchers finish runs concurrently
         for name in TABLES:
-            frames = [pd.read_csv(run / f"{name}.csv") for run in runs]
+            # As text: a round trip through numbers would rewrite values (gamma "4" as "4.0").
+            frames = [pd.read_csv(run / f"{name}.csv", dtype=str, keep_default_na=False) for run in runs]
             write_table(root / f"{name}.csv", pd.concat(frames, ignore_index=True))
