@@ -59,3 +59,9 @@ def test_a_completed_config_is_not_run_again(tmp_path, data_dir, capsys):
     runner.main(compose(data_dir, "bandit=none", "gamma=7"), tmp_path / "again", tmp_path)
     assert "skipping: the same settings" in capsys.readouterr().out
     assert (tmp_path / "done").stat().st_mtime_ns == marker and not (tmp_path / "again").exists()
+
+
+def test_bad_data_fails_before_any_file_is_written(tmp_path, data_dir):
+    with pytest.raises(ValueError, match="nope.jsonl not found: set data_dir"):
+        runner.main(compose(data_dir, "dataset.file=nope.jsonl"), tmp_path / "run", tmp_path)
+    assert not (tmp_path / "run").exists()

@@ -155,12 +155,13 @@ def run(cfg: RunConfig, info: dict, run_dir: Path, root: Path) -> pd.DataFrame |
         print(f"skipping: the same settings ({digest}) already completed in {finished[digest]}")
         store.rebuild_sweep(root)  # in case the previous launch died between a run's end and the rebuild
         return None
+    prompts = load_prompts(cfg.dataset, cfg.data_dir)  # bad data fails here, before any file is written
     run_dir.mkdir(parents=True, exist_ok=True)
     store.clear_done(run_dir)
     info |= run_info(cfg, run_dir.name)
     store.write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
     torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_sdpa)  # process-wide, and the same for every method
-    tables = decode_all(cfg, load_prompts(cfg.dataset, cfg.data_dir), run_dir.name)
+    tables = decode_all(cfg, prompts, run_dir.name)
     info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     store.write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
     store.save_run(run_dir, digest, tables)
