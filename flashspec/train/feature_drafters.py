@@ -1,0 +1,143 @@
+"""What the EAGLE and Speculative Streaming trainers share: the frozen target, self-distillation data (text
+the target samples itself, so the drafter learns the distribution it will be verified against), a
+time-boxed AdamW loop and a held-out evaluation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from flashspec.config import TargetConfig
+from flashspec.models import load_hf
+
+# One training step: a batch of windows -> (loss to minimise, per-position agreement metrics).
+LossFn = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    seq_len: int  # tokens per self-distilled window
+    windows: int  # training windows the target generates
+    heldout: int  # held-out windows, generated the same way with another seed
+    batch_size: int
+    lr: float
+    max_steps: int
+    time_budget_s: float  # training stops at max_steps or here, whichever comes first
+
+
+FIT = {
+    "tiny": FitConfig(seq_len=48, windows=96, heldout=16, batch_size=8, lr=3e-3, max_steps=150,
+                      time_budget_s=20),
+    "h100": FitConfig(seq_len=256, windows=8192, heldout=128, batch_size=32, lr=1e-3, max_steps=20_000,
+                      time_budget_s=360),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[train_drafters] {msg}", flush=True)
+
+
+def load_target(path: str, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The frozen target in float32 (trained drafters are saved in float32 and cast when loaded)."""
+    model, tokenizer = load_hf(path, TargetConfig(model=path, device=device, dtype="float32"))
+    model.requires_grad_(False)
+    return model.eval(), tokenizer
+
+
+@torch.no_grad()
+def self_distilled_windows(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int, seq_len: int, seed: int,
+    chunk: int = 256,
+) -> Tensor:
+    """[n, seq_len] token windows the target samples itself (temperature 1) from the BOS token."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if bos is None:
+        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start self-distilled text from")
+    devices = [model.device] if model.device.type == "cuda" else []
+    out = []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for size in torch.arange(n).split(chunk):
+            start = torch.full((len(size), 1), bos, device=model.device)
+            out.append(model.generate(
+                input_ids=start, attention_mask=torch.ones_like(start), do_sample=True, temperature=1.0,
+                top_k=0, top_p=1.0, max_new_tokens=seq_len - 1, min_new_tokens=seq_len - 1, pad_token_id=bos,
+            ))
+    return torch.cat(out)
+
+
+def fit(params: list[Tensor], loss_fn: LossFn, windows: Tensor, cfg: FitConfig, seed: int) -> dict:
+    """AdamW with a cosine learning rate over max_steps, stopped early by the time budget."""
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.max_steps, eta_min=cfg.lr / 10)
+    generator = torch.Generator().manual_seed(seed)
+    start, step, loss = time.monotonic(), 0, torch.tensor(float("nan"))
+    while step < cfg.max_steps and (step == 0 or time.monotonic() - start < cfg.time_budget_s):
+        rows = torch.randint(len(windows), (cfg.batch_size,), generator=generator)
+        batch = windows[rows.to(windows.device)]
+        loss, _ = loss_fn(batch, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        step += 1
+        if step % 100 == 0:
+            log(f"step {step} loss {loss.item():.4f} ({time.monotonic() - start:.0f} s)")
+    return {"steps": step, "train_time_s": round(time.monotonic() - start, 1),
+            "final_train_loss": round(loss.item(), 4)}
+
+
+@torch.no_grad()
+def evaluate(loss_fn: LossFn, windows: Tensor, batch_size: int, seed: int = 0) -> tuple[float, list[float]]:
+    """Mean loss and mean agreement metrics over held-out windows."""
+    generator = torch.Generator().manual_seed(seed)
+    losses, metrics = [], []
+    for batch in windows.split(batch_size):
+        loss, metric = loss_fn(batch, generator)
+        losses.append(loss.item())
+        metrics.append(metric)
+    return sum(losses) / len(losses), torch.stack(metrics).mean(0).tolist()
+
+
+# make(target) -> the drafter module, its loss, and how to save it (path, training record).
+Maker = Callable[[PreTrainedModel], tuple[torch.nn.Module, LossFn, Callable[[str, dict], object]]]
+
+
+def train_drafter(kind: str, make: Maker, target_path: str, out_dir: str, preset: str, device: str | None,
+                  seed: int) -> dict:
+    """Self-distill data from the target, train the drafter, evaluate it before and after on held-out
+    windows, save it with its training record to `out_dir`; returns that record."""
+    if preset not in FIT:
+        raise ValueError(f"unknown preset {preset!r}: use one of {sorted(FIT)}")
+    cfg, t0 = FIT[preset], time.monotonic()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    target, tokenizer = load_target(target_path, device)
+    torch.manual_seed(seed)
+    drafter, loss_fn, save = make(target)
+    windows = self_distilled_windows(target, tokenizer, cfg.windows, cfg.seq_len, seed)
+    heldout = self_distilled_windows(target, tokenizer, cfg.heldout, cfg.seq_len, seed + 1)
+    log(f"{kind}: {cfg.windows} + {cfg.heldout} self-distilled windows in {time.monotonic() - t0:.0f} s")
+    before_loss, before = evaluate(loss_fn, heldout, cfg.batch_size)
+    drafter.train()
+    stats = fit([p for p in drafter.parameters() if p.requires_grad], loss_fn, windows, cfg, seed)
+    drafter.eval()
+    after_loss, after = evaluate(loss_fn, heldout, cfg.batch_size)
+    record = {
+        "kind": kind, "target": target_path, "preset": preset, "seed": seed, "device": device,
+        "data": {"source": "self-distilled: the target's own samples at temperature 1 from BOS",
+                 "windows": cfg.windows, "heldout_windows": cfg.heldout, "seq_len": cfg.seq_len},
+        **stats, "heldout_loss_before": round(before_loss, 4), "heldout_loss": round(after_loss, 4),
+        "heldout_top1_agreement_before": [round(a, 4) for a in before],
+        "heldout_top1_agreement": [round(a, 4) for a in after],
+        "wall_time_s": round(time.monotonic() - t0, 1),
+    }
+    save(out_dir, record)
+    log(f"{kind}: held-out top-1 agreement {record['heldout_top1_agreement']} "
+        f"(untrained {record['heldout_top1_agreement_before']}) -> {out_dir}")
+    return record
