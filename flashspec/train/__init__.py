@@ -1,1 +1,1 @@
-"""Training the project's own model family: corpus, tokenizer, Llama target and drafts."""
+"""Training: the project's own model family (corpus, tokenizer, family) and the learned draft heads."""
