@@ -97,7 +97,7 @@ class EagleArm(Arm):
             if i < gamma - 1:  # the draft token's entry sits at position t + i, in cache slot t + i
                 mask = torch.ones(1, t + i + 1, dtype=torch.bool)
                 feature = self._run(feature[None], tokens[-1], torch.tensor([t + i]), t + i, mask)[0]
-        return Draft(torch.cat(tokens).cpu(), None if sampling.greedy else torch.cat(probs))
+        return Draft(torch.cat(tokens), None if sampling.greedy else torch.cat(probs))
 
     def _tree(self, root: Tensor, t: int, gamma: int) -> Draft:
         k, device = self.top_k, root.device
