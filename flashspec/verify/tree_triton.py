@@ -1,0 +1,246 @@
+"""Token-tree verification as one Triton kernel: the semantics and random numbers of `verify_tree_reference`.
+
+Grid (N+1 rows, chunks of V). As in the chain kernel (triton_kernel.py, whose building blocks this reuses),
+each program reduces its chunk of one logit row, the last chunk of a row to finish finds the row's statistics
+(max, mass, top-k/top-p threshold, argmax), and the last row to finish walks the tree:
+
+* greedy: one scan over the nodes (parents precede children) marks the nodes whose whole path matches the
+  argmax and keeps the deepest; its ancestors are the path.
+* sampling: one scan over the nodes meets the children of each newly accepted node in order (recursive
+  rejection sampling). The residual lives in a [V] workspace, unnormalised, with its mass in a register:
+  p is written there when a node is accepted, max(r / |r| - q, 0) when a child is rejected.
+
+The walk is sequential and runs in one program: at most N + 1 passes over V, small next to the target
+forward that produced the logits. Non-finite logits are the caller's check (the engine's one host sync).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from triton.runtime.jit import JITFunction
+
+from flashspec.verify.tree import check_parents, check_tree_inputs
+from flashspec.verify.triton_kernel import (
+    GPU,
+    INTERPRETER,
+    LOG2E,
+    Tuning,
+    _arrive_last,
+    _chunk_stats,
+    _finish_row,
+    _first_above,
+)
+
+
+@triton.jit
+def _row_stats(stats_ptr, row):
+    m = tl.load(stats_ptr + row * 3, cache_modifier=".cg")
+    mass = tl.load(stats_ptr + row * 3 + 1, cache_modifier=".cg")
+    tau = tl.load(stats_ptr + row * 3 + 2, cache_modifier=".cg")
+    return m, mass, tau
+
+
+@triton.jit
+def _write_p(logits_ptr, stats_ptr, row, buf_ptr, c2, V: tl.constexpr, BLOCK_V: tl.constexpr):
+    """buf <- p of `row`: exp2((x - max) * c2) / mass over the logits kept by the threshold."""
+    m, mass, tau = _row_stats(stats_ptr, row)
+    x_row = logits_ptr + row * V  # (N + 1) * V < 2**31: trees are small
+    for off in range(0, V, BLOCK_V):
+        offs = off + tl.arange(0, BLOCK_V)
+        x = tl.load(x_row + offs, mask=offs < V, other=-float("inf")).to(tl.float32)
+        tl.store(buf_ptr + offs, tl.where(x >= tau, tl.exp2((x - m) * c2) / mass, 0.0), mask=offs < V)
+    tl.debug_barrier()  # the next reads of buf may come from other threads of this program
+
+
+@triton.jit
+def _residual_pass(buf_ptr, q_row, x_c, mass, WRITE: tl.constexpr, V: tl.constexpr,
+                   STOCHASTIC: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Mass of max(buf / mass - q, 0) (q one-hot at x_c when deterministic); with WRITE, also store it."""
+    total = 0.0
+    for off in range(0, V, BLOCK_V):
+        offs = off + tl.arange(0, BLOCK_V)
+        r = tl.load(buf_ptr + offs, mask=offs < V, other=0.0)
+        if STOCHASTIC:
+            q = tl.load(q_row + offs, mask=offs < V, other=0.0).to(tl.float32)
+        else:
+            q = tl.where(offs == x_c, 1.0, 0.0)
+        res = tl.maximum(r / mass - q, 0.0)
+        total += tl.sum(res, 0)
+        if WRITE:
+            tl.store(buf_ptr + offs, res, mask=offs < V)
+    tl.debug_barrier()
+    return total
+
+
+@triton.jit
+def _sample_buffer(buf_ptr, u, bsum_ptr, V: tl.constexpr, BLOCK_V: tl.constexpr, NBLK_P2: tl.constexpr):
+    """Inverse-CDF sample of the (unnormalised) buffer: block sums, then one block."""
+    for off in range(0, V, BLOCK_V):
+        offs = off + tl.arange(0, BLOCK_V)
+        tl.store(bsum_ptr + off // BLOCK_V, tl.sum(tl.load(buf_ptr + offs, mask=offs < V, other=0.0), 0))
+    tl.debug_barrier()
+    k = tl.arange(0, NBLK_P2)
+    bs = tl.load(bsum_ptr + k, mask=k < tl.cdiv(V, BLOCK_V), other=0.0)
+    bcdf = tl.cumsum(bs, 0)
+    x = u * tl.max(bcdf, 0)
+    blk = _first_above(bcdf, bs, x, NBLK_P2)
+    carry = tl.sum(tl.where(k == blk - 1, bcdf, 0.0), 0)
+    offs = blk * BLOCK_V + tl.arange(0, BLOCK_V)
+    r = tl.load(buf_ptr + offs, mask=offs < V, other=0.0)
+    return blk * BLOCK_V + _first_above(carry + tl.cumsum(r, 0), r, x, BLOCK_V)
+
+
+@triton.jit
+def _sample_walk(logits_ptr, tokens_ptr, parents_ptr, probs_ptr, uniforms_ptr, stats_ptr, buf_ptr, bsum_ptr,
+                 N, c2, V: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK_V: tl.constexpr,
+                 NBLK_P2: tl.constexpr, N_P2: tl.constexpr):
+    """Recursive rejection sampling; returns the path ([N_P2], -1 padded), its length and the final token."""
+    i = tl.arange(0, N_P2)
+    path = tl.full([N_P2], -1, tl.int32)
+    n = 0
+    node = -1
+    mass = 1.0
+    _write_p(logits_ptr, stats_ptr, 0, buf_ptr, c2, V, BLOCK_V)
+    for c in range(N_P2):  # a constexpr bound: one compilation per power of two of the tree size
+        if (c < N) & (tl.load(parents_ptr + c, mask=c < N, other=-2) == node):
+            x_c = tl.load(tokens_ptr + c)
+            q_row = probs_ptr + c * V
+            if STOCHASTIC:
+                q_x = tl.load(q_row + x_c).to(tl.float32)
+            else:
+                q_x = 1.0
+            if tl.load(uniforms_ptr + c) * q_x < tl.load(buf_ptr + x_c) / mass:
+                path = tl.where(i == n, c, path)
+                n += 1
+                node = c
+                mass = 1.0
+                _write_p(logits_ptr, stats_ptr, c + 1, buf_ptr, c2, V, BLOCK_V)
+            else:
+                left = _residual_pass(buf_ptr, q_row, x_c, mass, False, V, STOCHASTIC, BLOCK_V)
+                # No residual mass: r == q up to rounding, so the rejection had probability 0; keep r.
+                if left > 0:
+                    _residual_pass(buf_ptr, q_row, x_c, mass, True, V, STOCHASTIC, BLOCK_V)
+                    mass = left
+    return path, n, _sample_buffer(buf_ptr, tl.load(uniforms_ptr + N), bsum_ptr, V, BLOCK_V, NBLK_P2)
+
+
+@triton.jit
+def _greedy_walk(tokens_ptr, parents_ptr, argmax_ptr, N, N_P2: tl.constexpr):
+    """The deepest node whose whole path matches the argmax (the first of equals), walked back to the root."""
+    i = tl.arange(0, N_P2)
+    parents = tl.load(parents_ptr + i, mask=i < N, other=-1)
+    ok = tl.zeros([N_P2], tl.int32)
+    depth = tl.zeros([N_P2], tl.int32)
+    best = -1
+    best_depth = 0
+    for c in range(N_P2):
+        parent = tl.load(parents_ptr + c, mask=c < N, other=-1)
+        # Registers cannot be indexed: pick the parent's entries out with a mask (N is small).
+        parent_ok = tl.where(parent < 0, 1, tl.sum(tl.where(i == parent, ok, 0), 0))
+        d = tl.sum(tl.where(i == parent, depth, 0), 0) + 1
+        token = tl.load(tokens_ptr + c, mask=c < N, other=-1)
+        hit = parent_ok * (token == tl.load(argmax_ptr + parent + 1, cache_modifier=".cg"))
+        ok = tl.where(i == c, hit, ok)
+        depth = tl.where(i == c, d, depth)
+        better = (hit > 0) & (d > best_depth)
+        best = tl.where(better, c, best)
+        best_depth = tl.where(better, d, best_depth)
+    path = tl.full([N_P2], -1, tl.int32)
+    node = best
+    while node >= 0:
+        path = tl.where(i == tl.sum(tl.where(i == node, depth, 0), 0) - 1, node, path)
+        node = tl.sum(tl.where(i == node, parents, 0), 0)
+    return path, best_depth, tl.load(argmax_ptr + best + 1, cache_modifier=".cg")
+
+
+@triton.jit
+def _tree_kernel(
+    logits_ptr, tokens_ptr, parents_ptr, probs_ptr, uniforms_ptr,  # inputs
+    n_accepted_ptr, path_ptr, out_tokens_ptr,  # outputs
+    part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, counters_ptr, cand_ptr, buf_ptr, bsum_ptr,  # workspace
+    N, c2, top_k, top_p,
+    V: tl.constexpr, GREEDY: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr,
+    NSPLIT_P2: tl.constexpr, NBLK_P2: tl.constexpr, N_P2: tl.constexpr,
+):
+    row = tl.program_id(0)
+    c = tl.program_id(1)
+    x_row = logits_ptr + row.to(tl.int64) * V
+    m, s, lo, am = _chunk_stats(x_row, V, c * CHUNK, c2, GREEDY, CHUNK, BLOCK_V)
+    slot = row * NSPLIT_P2 + c
+    tl.store(part_ptr + slot * 3, m)
+    tl.store(part_ptr + slot * 3 + 1, s)
+    tl.store(part_ptr + slot * 3 + 2, lo)
+    tl.store(part_arg_ptr + slot, am)
+    nsplit = tl.cdiv(V, CHUNK)
+    if _arrive_last(counters_ptr + row, nsplit):
+        # The chain kernel's row finisher with G = 0: the row's statistics, no chain draft to test.
+        _finish_row(x_row, row, 0, 0, 0, V, c2, top_k, top_p, tokens_ptr, probs_ptr, uniforms_ptr,
+                    part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, counters_ptr, cand_ptr, nsplit,
+                    GREEDY, TOP_K, TOP_P, STOCHASTIC, BLOCK_V, CAP, P_ROW, P_CAND, NSPLIT_P2)
+        if _arrive_last(counters_ptr + N + 1, N + 1):
+            if GREEDY:
+                path, n, token = _greedy_walk(tokens_ptr, parents_ptr, argmax_ptr, N, N_P2)
+            else:
+                path, n, token = _sample_walk(logits_ptr, tokens_ptr, parents_ptr, probs_ptr, uniforms_ptr,
+                                              stats_ptr, buf_ptr, bsum_ptr, N, c2, V, STOCHASTIC, BLOCK_V,
+                                              NBLK_P2, N_P2)
+            i = tl.arange(0, N_P2)
+            path_tokens = tl.load(tokens_ptr + path, mask=path >= 0, other=-1)
+            tl.store(path_ptr + i, path.to(tl.int64), mask=i < N)
+            out = tl.where(i == n, token.to(tl.int64), path_tokens.to(tl.int64))
+            tl.store(out_tokens_ptr + i, out, mask=i <= N)
+            tl.store(n_accepted_ptr, n.to(tl.int64))
+
+
+def verify_tree_triton(
+    target_logits: Tensor, tokens: Tensor, parents: Tensor, draft_probs: Tensor | None, sampling,
+    uniforms: Tensor, tuning: Tuning | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`verify_tree_reference` in one kernel launch. `parents` is checked when it comes on the CPU (the
+    engine's case; a device tensor would cost a sync) and is moved to the logits' device."""
+    check_tree_inputs(target_logits, tokens, parents, draft_probs, uniforms)
+    if parents.device.type == "cpu":
+        check_parents(parents)
+    n1, vocab = target_logits.shape
+    if n1 * vocab >= 2**31:
+        raise ValueError(f"a tree of {n1 - 1} nodes over {vocab} tokens overflows int32 offsets: draft fewer")
+    dev = target_logits.device
+    on_gpu = dev.type == "cuda"
+    if not on_gpu and isinstance(_tree_kernel, JITFunction):
+        raise ValueError(
+            f"verify_tree_triton got {dev} tensors, but Triton compiles for GPUs only: set TRITON_INTERPRET=1"
+            " before anything imports triton (tests/conftest.py does), or use verify_tree_reference"
+        )
+    tuning = tuning or (GPU if on_gpu else INTERPRETER)
+    block_v = min(tuning.block_v, triton.next_power_of_2(vocab))
+    nblk = triton.cdiv(vocab, block_v)
+    chunk = block_v * min(triton.cdiv(tuning.chunk, block_v), nblk)
+    nsplit = triton.cdiv(vocab, chunk)
+    greedy = sampling.temperature == 0
+    top_k = not greedy and 0 < sampling.top_k < vocab
+    top_p = not greedy and sampling.top_p < 1
+    nsplit_p2, nblk_p2 = triton.next_power_of_2(nsplit), triton.next_power_of_2(nblk)
+    # Workspace: chunk partials, row stats, threshold candidates, residual, block sums; counters start at 0.
+    sizes = [n1 * nsplit_p2 * 3, n1 * 3, n1 * tuning.cap if top_k or top_p else 0, vocab, nblk_p2]
+    part, stats, cand, buf, bsum = torch.empty(sum(sizes), dtype=torch.float32, device=dev).split(sizes)
+    sizes = [n1 + 1, n1 * nsplit_p2, n1]
+    counters, part_arg, argmax = torch.zeros(sum(sizes), dtype=torch.int32, device=dev).split(sizes)
+    n_accepted = torch.empty((), dtype=torch.int64, device=dev)
+    path = torch.empty(n1 - 1, dtype=torch.int64, device=dev)
+    out_tokens = torch.empty(n1, dtype=torch.int64, device=dev)
+    logits = target_logits.contiguous()
+    _tree_kernel[(n1, nsplit)](
+        logits, tokens.to(dev).contiguous(), parents.to(dev, non_blocking=True).contiguous(),
+        logits if draft_probs is None else draft_probs.contiguous(), uniforms.float().contiguous(),
+        n_accepted, path, out_tokens,
+        part, part_arg, stats, argmax, counters, cand, buf, bsum,
+        n1 - 1, 1.0 if greedy else LOG2E / sampling.temperature, sampling.top_k, sampling.top_p,
+        V=vocab, GREEDY=greedy, TOP_K=top_k, TOP_P=top_p, STOCHASTIC=draft_probs is not None,
+        CHUNK=chunk, BLOCK_V=block_v, CAP=tuning.cap, P_ROW=tuning.pivots_row, P_CAND=tuning.pivots_cand,
+        NSPLIT_P2=nsplit_p2, NBLK_P2=nblk_p2, N_P2=triton.next_power_of_2(n1), num_warps=tuning.num_warps,
+    )
+    return n_accepted, path, out_tokens
