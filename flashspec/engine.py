@@ -19,7 +19,15 @@ from flashspec.benchmark import BenchmarkResult, benchmark
 from flashspec.config import FlashSpecConfig, SamplingConfig
 from flashspec.metrics import ArmStats, GenerationResult
 from flashspec.models import CausalLM, Scores, load_model
-from flashspec.verify import process_logits, sample_from, verify_reference, verify_triton
+from flashspec.verify import (
+    matched_length,
+    process_logits,
+    sample_from,
+    verify_reference,
+    verify_tree_reference,
+    verify_tree_triton,
+    verify_triton,
+)
 
 
 class SpeculativeEngine:
@@ -43,6 +51,7 @@ class SpeculativeEngine:
         if arms is None:
             arms = [build_arm(a, target, tokenizer, cfg.target) for a in cfg.arms] if speculative else []
         arms = list(arms) if speculative else []
+        check_tree_support(target, arms)
         # Every (arm, gamma) pair is one arm of the bandit, so the bandit can pick gamma too.
         self.pairs: list[tuple[Arm, int]] = [(arm, int(g)) for arm in arms for g in cfg.gammas]
         # Arms that draft from the target's states hear of every target forward.
@@ -54,6 +63,7 @@ class SpeculativeEngine:
             params = {"arm": cfg.bandit.arm} if cfg.bandit.policy == "fixed" else dict(cfg.bandit.params)
             self.selector = make_selector(cfg.bandit.policy, len(self.pairs), seed=cfg.sampling.seed, **params)
         self.verify = pick_verifier(cfg.verifier, self.device)
+        self.verify_tree = pick_verifier(cfg.verifier, self.device, tree=True)
         self.eos_ids = eos_token_ids(self.tokenizer, getattr(self.target, "model", None))
         self.best_rate = 0.0  # tokens/s normaliser that maps the throughput reward into [0, 1]
 
@@ -115,9 +125,16 @@ class SpeculativeEngine:
         # Host-to-device copies that do not wait for the device: nothing before the read below does.
         pending, drafted = context[-1:], draft.tokens
         block = torch.cat([pending.to(self.device, non_blocking=True), drafted.to(self.device, non_blocking=True)])
-        scores = self.target.forward(block)
+        tree = draft.parents is not None and len(draft) > 0
+        # A tree block: the pending token hangs off the cache (-1), the draft's roots off the pending token.
+        parents = torch.cat([torch.tensor([-1]), draft.parents + 1]) if tree else None
+        scores = self.target.forward(block, parents)
         logits = scores.logits
-        n_accepted, tokens = self._verify(logits, draft, sampling, generator)
+        rows = None  # the block rows of the committed tokens: a prefix for a chain, else the tree's path
+        if tree:
+            n_accepted, tokens, rows = self._verify_tree(logits, draft, sampling, generator)
+        else:
+            n_accepted, tokens = self._verify(logits, draft, sampling, generator)
         finite = torch.isfinite(logits).all().view(1)
         # The step's only host-device synchronisation: how many were accepted, and which tokens.
         n, *tokens, ok = torch.cat([n_accepted.view(1), tokens.view(-1), finite.long()]).tolist()
@@ -126,8 +143,7 @@ class SpeculativeEngine:
                 "non-finite logits from the target: check its weights and dtype (float16 often overflows; "
                 "use bfloat16 or float32)"
             )
-        self.target.crop(cached + 1 + n)
-        self._observe_target(cached, scores.rows(slice(0, n + 1)))
+        self._observe_target(cached, scores.rows(self._commit(cached, n, rows)))
         if k >= 0:
             self._learn(k, context, draft, n, tokens[: n + 1], time.perf_counter() - t0, sampling, generator, stats)
         return tokens[: n + 1]
@@ -143,6 +159,25 @@ class SpeculativeEngine:
         tokens = draft.tokens[None].to(self.device, non_blocking=True)
         n, tokens = self.verify(logits[None], tokens, probs, sampling, u)
         return n[0], tokens[0]
+
+    def _verify_tree(
+        self, logits: Tensor, draft: Draft, sampling: SamplingConfig, generator
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Verify a token tree: n_accepted, tokens (as for a chain) and the block rows of the committed tokens
+        (the pending token's, then the accepted path's)."""
+        u = torch.rand(len(draft) + 1, device=self.device, generator=generator)
+        probs = None if draft.probs is None else draft.probs.to(self.device, non_blocking=True)
+        tokens = draft.tokens.to(self.device, non_blocking=True)
+        n, path, tokens = self.verify_tree(logits, tokens, draft.parents, probs, sampling, u)
+        return n, tokens, torch.cat([path.new_zeros(1), path + 1])
+
+    def _commit(self, cached: int, n: int, rows: Tensor | None) -> slice | Tensor:
+        """Roll the target's cache back to the pending token and the n accepted drafts; returns their rows."""
+        if rows is None:
+            self.target.crop(cached + 1 + n)
+            return slice(0, n + 1)
+        self.target.keep_path(cached, rows[: n + 1])
+        return rows[: n + 1]
 
     def _observe_target(self, start: int, kept: Scores) -> None:
         for arm in self.listeners:
@@ -174,8 +209,8 @@ class SpeculativeEngine:
                 rewards.append(self._reward(len(kept), seconds))
                 continue
             t0 = time.perf_counter()
-            tokens = arm.propose(context, gamma, sampling, generator).tokens.tolist()
-            matched = next((i for i, (a, b) in enumerate(zip(tokens, kept)) if a != b), min(len(tokens), len(kept)))
+            draft = arm.propose(context, gamma, sampling, generator)
+            matched = matched_length(draft.tokens, draft.parents, kept)
             rewards.append(self._reward(min(matched, len(kept) - 1) + 1, seconds + time.perf_counter() - t0))
         return rewards
 
@@ -227,14 +262,25 @@ class SpeculativeEngine:
         return text[: min(cuts)] if cuts else text
 
 
-def pick_verifier(name: str, device: torch.device):
-    """The fused Triton kernel on CUDA, the PyTorch reference elsewhere, unless the config insists."""
-    choices = {"reference": verify_reference, "triton": verify_triton}
+def pick_verifier(name: str, device: torch.device, tree: bool = False):
+    """The fused Triton kernel on CUDA, the PyTorch reference elsewhere, unless the config insists; `tree`:
+    the token-tree verifier (flashspec/verify/tree.py) instead of the chain's."""
+    choices = {"reference": verify_tree_reference if tree else verify_reference,
+               "triton": verify_tree_triton if tree else verify_triton}
     if name == "auto":
-        return verify_triton if device.type == "cuda" else verify_reference
+        return choices["triton" if device.type == "cuda" else "reference"]
     if name not in choices:
         raise ValueError(f"verifier={name!r}: use auto, reference or triton")
     return choices[name]
+
+
+def check_tree_support(target: CausalLM, arms: Sequence[Arm]) -> None:
+    trees = [arm.name for arm in arms if arm.tree]
+    if trees and not target.supports_tree:
+        raise ValueError(
+            f"arms {trees} draft token trees, which the {type(target).__name__} target cannot verify: use "
+            "target.backend=native (Llama-family targets) or arms that draft chains"
+        )
 
 
 def eos_token_ids(tokenizer, model) -> set[int]:

@@ -11,3 +11,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+# Without a GPU, Triton kernels (the fused verifiers) run in Triton's interpreter; it must be chosen before
+# anything first imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -23,6 +23,7 @@ class Draft:
 
 class Arm(ABC):
     name: str
+    tree: bool = False  # drafts token trees (Draft.parents): the engine then needs a target with supports_tree
 
     def begin(self, prompt: Tensor) -> None:
         """A new request starts with `prompt` ([n] int64, CPU)."""
