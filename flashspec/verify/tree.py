@@ -125,3 +125,18 @@ def _outputs(path: list[int], final: Tensor, tokens: Tensor) -> tuple[Tensor, Te
     nodes = torch.tensor(path + [-1] * (n - k), dtype=torch.long, device=tokens.device)
     out = torch.cat([tokens[nodes[:k]], final.view(1).to(tokens.device), tokens.new_full((n - k,), -1)])
     return torch.tensor(k, device=tokens.device), nodes, out
+
+
+def matched_length(tokens: Tensor, parents: Tensor | None, kept: list[int]) -> int:
+    """How many leading tokens of `kept` the draft spells down one root path (a chain when parents is None):
+    what a draft would have had accepted, for full-information bandits."""
+    parents = torch.arange(len(tokens)) - 1 if parents is None else parents
+    child = {}  # (parent, token) -> the first such node
+    for c, key in enumerate(zip(parents.tolist(), tokens.tolist(), strict=True)):
+        child.setdefault(key, c)
+    node = -1
+    for n, token in enumerate(kept):
+        node = child.get((node, token))
+        if node is None:
+            return n
+    return len(kept)
