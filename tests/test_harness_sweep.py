@@ -58,7 +58,7 @@ def check_sweep_tables(sweep: Path, runs: int) -> pd.DataFrame:
     assert list(results.columns) == COLUMNS["results"]
     assert len(results) == runs * len(PROMPTS[0]) and results["config_hash"].nunique() == runs
     assert not results.duplicated(["run_id", "prompt_id", "turn"]).any()
-    assert results.drop(columns=["category", "fixed_arm", "ttft_s"]).notna().all().all()
+    assert results.drop(columns=["category", "fixed_arm", "ttft_s", "passed"]).notna().all().all()
     arms, trace = pd.read_csv(sweep / "arms.csv"), pd.read_csv(sweep / "trace.csv")
     assert len(arms) == 2 * len(results)  # two arms per row
     assert len(trace) == (results["steps"] - 1).sum()  # one row per decoding step

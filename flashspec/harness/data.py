@@ -31,6 +31,8 @@ class Prompt:
     dataset: str
     category: str | None
     turns: list[str]
+    test: str | None = None  # HumanEval: the check function; the run then scores each answer (`passed`)
+    entry_point: str | None = None  # HumanEval: the function under test
 
 
 def resolve_data_dir(data_dir: str) -> Path:
@@ -74,7 +76,8 @@ def to_prompt(record: dict, where: str, dataset: str) -> Prompt:
         raise ValueError(
             f"{where}: a record needs `id` and `turns` (a non-empty list of strings); got {record!r:.200}"
         )
-    return Prompt(str(record["id"]), record.get("dataset") or dataset, record.get("category"), list(turns))
+    return Prompt(str(record["id"]), record.get("dataset") or dataset, record.get("category"), list(turns),
+                  record.get("test"), record.get("entry_point"))
 
 
 def select(prompts: list[Prompt], cfg: DatasetConfig) -> list[Prompt]:

@@ -21,6 +21,7 @@ from flashspec.harness.analysis import summarize
 from flashspec.harness.data import PROJECT_ROOT, Prompt, encode, load_prompts
 from flashspec.harness.schema import RunConfig, check, config_hash, gammas, uses_gamma
 from flashspec.metrics import GenerationResult
+from flashspec.quality import humaneval
 
 PACKAGES = ("flashspec", "torch", "transformers", "triton", "hydra-core", "omegaconf", "pandas")
 
@@ -91,6 +92,14 @@ def result_row(cfg: RunConfig, out: GenerationResult, base: GenerationResult | N
     }
 
 
+def passed(prompt: Prompt, messages: list[dict], out: GenerationResult) -> bool | None:
+    """HumanEval: whether the answer passes the problem's tests, run in a sandboxed subprocess; else empty."""
+    if prompt.test is None:
+        return None
+    source = "".join(m["content"] for m in messages)  # the text the answer continues (a completion prompt)
+    return humaneval.check(source, out.text, prompt.test, prompt.entry_point or "").passed
+
+
 def arm_rows(out: GenerationResult) -> list[dict]:
     return [{"arm": name, **asdict(stats)} for name, stats in out.arms.items()]
 
@@ -107,6 +116,7 @@ COLUMNS = {
         "top_p", "seed", "max_new_tokens", "dataset", "category", "prompt_id", "turn", "fixed_arm",
         "prompt_tokens", "new_tokens", "steps", "tau", "alpha", "wall_time_s", "ttft_s", "tokens_per_s",
         "baseline_new_tokens", "baseline_wall_time_s", "baseline_tokens_per_s", "speedup", "matches_baseline",
+        "passed",
     ],
     "arms": ["run_id", "prompt_id", "turn", "arm", "pulls", "drafted", "accepted"],
     "trace": ["run_id", "prompt_id", "turn", "step", "arm", "emitted"],
@@ -138,7 +148,8 @@ def decode_all(cfg: RunConfig, prompts: list[Prompt], run_id: str) -> dict[str, 
             base = decoders.baseline(cfg, ids, cfg.max_new_tokens) if cfg.baseline else None
             key = {"run_id": run_id, "prompt_id": prompt.id, "turn": turn}
             about = {"category": prompt.category, "prompt_id": prompt.id, "turn": turn}
-            tables["results"].append(shared | about | result_row(cfg, out, base))
+            quality = {"passed": passed(prompt, messages, out)}
+            tables["results"].append(shared | about | result_row(cfg, out, base) | quality)
             tables["arms"] += [key | row for row in arm_rows(out)]
             tables["trace"] += [key | row for row in trace_rows(out)]
             # The next turn follows the model's own answer, as MT-Bench asks.
