@@ -9,13 +9,14 @@ from transformers import PreTrainedTokenizerBase
 from flashspec.arms.base import Arm, Draft
 from flashspec.arms.draft_model import DraftModelArm
 from flashspec.arms.eagle import EagleArm, build_eagle
+from flashspec.arms.medusa import MedusaArm, build_medusa
 from flashspec.arms.prompt_lookup import PromptLookupArm
 from flashspec.arms.streaming import StreamingArm, build_streaming
 from flashspec.config import ArmConfig, TargetConfig
 from flashspec.models import CausalLM, load_model
 
 __all__ = [
-    "Arm", "Draft", "DraftModelArm", "EagleArm", "PromptLookupArm", "StreamingArm", "build_arm",
+    "Arm", "Draft", "DraftModelArm", "EagleArm", "MedusaArm", "PromptLookupArm", "StreamingArm", "build_arm",
     "check_same_tokenizer",
 ]
 
@@ -48,4 +49,8 @@ def build_arm(cfg: ArmConfig, target: CausalLM, tokenizer: PreTrainedTokenizerBa
         return build_eagle(cfg, target)
     if cfg.kind == "streaming":
         return build_streaming(cfg, target)
-    raise ValueError(f"unknown arm kind {cfg.kind!r}: use prompt_lookup, draft_model, eagle or streaming")
+    if cfg.kind == "medusa":
+        return build_medusa(cfg, target)
+    raise ValueError(
+        f"unknown arm kind {cfg.kind!r}: use prompt_lookup, draft_model, eagle, streaming or medusa"
+    )
