@@ -1,14 +1,26 @@
 """The EAGLE arm: its cached, tree-masked drafting equals the head run path by path; checkpoints load through
-build_arm with clear errors."""
+build_arm with clear errors; decoding through it is lossless (greedy on 20 prompts, sampling chi-square)."""
 
+import numpy as np
 import pytest
 import torch
+from scipy.stats import chisquare
+from test_engine_lossless import PROMPTS
+from torch import nn
+from transformers import LlamaConfig
 
-from flashspec import ArmConfig, TargetConfig
+from flashspec import (
+    ArmConfig,
+    BanditConfig,
+    FlashSpecConfig,
+    SamplingConfig,
+    SpeculativeEngine,
+    TargetConfig,
+)
 from flashspec.arms import build_arm
 from flashspec.arms.eagle import EagleArm, _best_subtree
 from flashspec.drafters.eagle import EagleHead, head_config, save_eagle
-from flashspec.models import load_model
+from flashspec.models import CausalLM, Scores, load_model
 
 MAX_CONTEXT = 128
 
@@ -134,3 +146,104 @@ def test_config_errors(target, tmp_path):
     other.config.num_hidden_layers -= 1
     with pytest.raises(ValueError, match="trained for a target"):
         build_arm(ArmConfig(kind="eagle", model=str(tmp_path / "other")), model, tokenizer, TargetConfig())
+
+
+# ---------------------------------------------------------------- through the engine
+
+
+def engine_with(target, tokenizer, arm, gamma: int) -> SpeculativeEngine:
+    cfg = FlashSpecConfig(target=TargetConfig(max_context=target.max_context), bandit=BanditConfig("fixed"),
+                          gammas=[gamma])
+    return SpeculativeEngine(cfg, target=target, tokenizer=tokenizer, arms=[arm])
+
+
+@pytest.mark.parametrize(("top_k", "depth", "gamma"), [(1, 4, 4), (3, 4, 8)])
+def test_greedy_is_token_identical_on_the_tiny_target(target, top_k, depth, gamma):
+    model, tokenizer = target
+    spec = engine_with(model, tokenizer, make_arm(target, top_k, depth), gamma)
+    plain = SpeculativeEngine(FlashSpecConfig(bandit=BanditConfig("none")), target=model, tokenizer=tokenizer)
+    assert len(PROMPTS) >= 20
+    for prompt in PROMPTS:
+        assert spec.generate(prompt, 20).token_ids == plain.generate(prompt, 20).token_ids, prompt
+
+
+class BigramFeatures(CausalLM):
+    """A target whose hidden state at token x is E[x] and whose logits are lm_head(E[x]): the next token
+    depends on the last one only. An EAGLE head that returns embed(x_{i+1}) then predicts every feature
+    exactly, so its drafts are the target's own top tokens and trees get deep acceptance."""
+
+    supports_tree = True
+
+    def __init__(self, embed: nn.Embedding, lm_head: nn.Linear) -> None:
+        self.embed, self.lm_head = embed, lm_head
+        self.vocab_size, self.max_context, self.length = embed.num_embeddings, 64, 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+    @torch.no_grad()
+    def forward(self, tokens, parents=None) -> Scores:
+        self.check_room(len(tokens))
+        self.length += len(tokens)
+        hidden = self.embed(tokens)
+        return Scores(self.lm_head(hidden).float(), hidden)
+
+    def crop(self, length: int) -> None:
+        self.length = min(length, self.length)
+
+    def keep_path(self, start: int, nodes) -> None:
+        self.length = start + len(nodes)
+
+
+class NoTokenizer:
+    eos_token_id = None
+
+    def decode(self, ids, skip_special_tokens=False) -> str:
+        return ""
+
+
+def bigram_setup(top_k: int, depth: int) -> tuple[BigramFeatures, EagleArm]:
+    vocab, width = 6, 8
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        embed, lm_head = nn.Embedding(vocab, width), nn.Linear(width, vocab, bias=False)
+        lm_head.weight.data *= 3  # peaked enough that some tokens are rare
+        config = LlamaConfig(vocab_size=vocab, hidden_size=width, intermediate_size=2 * width, head_dim=4,
+                             num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=1)
+        head = EagleHead(config)
+    with torch.no_grad():  # fc passes embed(x_{i+1}) through; the decoder layer adds nothing
+        head.fc.weight.copy_(torch.cat([torch.eye(width), torch.zeros(width, width)], 1))
+        head.fc.bias.zero_()
+        head.layer.self_attn.o_proj.weight.zero_()
+        head.layer.mlp.down_proj.weight.zero_()
+    target = BigramFeatures(embed, lm_head)
+    return target, EagleArm(head, embed, lm_head, target.max_context, top_k, depth)
+
+
+@pytest.mark.parametrize(("top_k", "depth", "gamma"), [(1, 3, 3), (2, 3, 5)])
+def test_exact_head_drafts_get_accepted(top_k, depth, gamma):
+    target, arm = bigram_setup(top_k, depth)
+    out = engine_with(target, NoTokenizer(), arm, gamma).generate([0, 3], 16)
+    plain = SpeculativeEngine(FlashSpecConfig(bandit=BanditConfig("none")), target=target,
+                              tokenizer=NoTokenizer())
+    assert out.token_ids == plain.generate([0, 3], 16).token_ids
+    assert out.tau > 2  # drafts really were accepted, several per step
+
+
+def test_sampling_through_the_tree_follows_the_target():
+    """(x2, x3), the first two tokens verified through top-2 trees, against their exact distribution."""
+    target, arm = bigram_setup(top_k=2, depth=3)
+    spec = engine_with(target, NoTokenizer(), arm, gamma=5)
+    draws, vocab = 2000, target.vocab_size
+    p = torch.softmax(target.lm_head(target.embed.weight).double(), -1).detach()  # p[a, b] = P(b | a)
+    expected = ((p[3] @ p)[:, None] * p).flatten().numpy()
+    counts, accepted = np.zeros(vocab * vocab), 0
+    for seed in range(draws):
+        out = spec.generate([0, 3], 6, SamplingConfig(temperature=1.0, seed=seed))
+        counts[out.token_ids[1] * vocab + out.token_ids[2]] += 1
+        accepted += out.arms["eagle"].accepted
+    assert accepted > draws  # about two accepted tokens per generation: the tree's siblings are exercised
+    keep = expected * draws >= 5
+    f_obs = np.append(counts[keep], counts[~keep].sum())
+    f_exp = np.append(expected[keep], expected[~keep].sum()) * draws
+    assert chisquare(f_obs, f_exp * f_obs.sum() / f_exp.sum()).pvalue > 1e-3

@@ -40,6 +40,7 @@ class EagleArm(Arm):
             raise ValueError(f"eagle top_k={top_k}, depth={depth}: both must be at least 1")
         self.head, self.embed, self.lm_head = head.eval(), embed, lm_head
         self.top_k, self.depth, self.name = top_k, depth, name
+        self.tree = top_k > 1  # several children per node: token trees, which the target must verify
         cfg = head.config
         p = next(head.parameters())
         self.features = torch.zeros(max_context, cfg.hidden_size, device=p.device, dtype=p.dtype)
