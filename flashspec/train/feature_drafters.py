@@ -34,6 +34,8 @@ class FitConfig:
 FIT = {
     "tiny": FitConfig(seq_len=48, windows=96, heldout=16, batch_size=8, lr=3e-3, max_steps=150,
                       time_budget_s=20),
+    "cpu": FitConfig(seq_len=128, windows=1024, heldout=32, batch_size=8, lr=2e-3, max_steps=5_000,
+                     time_budget_s=600),
     "h100": FitConfig(seq_len=256, windows=8192, heldout=128, batch_size=32, lr=1e-3, max_steps=20_000,
                       time_budget_s=150),
 }

@@ -33,6 +33,7 @@ class StreamingPreset:
 
 PRESETS = {
     "tiny": StreamingPreset(n_layers=2, n_streams=3, rank=4, anchors=16),
+    "cpu": StreamingPreset(n_layers=2, n_streams=4, rank=8, anchors=32),
     "h100": StreamingPreset(n_layers=2, n_streams=4, rank=16, anchors=64),
 }
 
