@@ -1,14 +1,22 @@
 """The EAGLE and Speculative Streaming trainers, tiny preset on the built-in target: the held-out loss falls,
-the checkpoint is small and loads through build_arm, and decoding with it stays lossless."""
+the checkpoint is small and loads through build_arm, and decoding with it stays lossless. Medusa the same
+way through scripts/train_drafters.py, plus its corpus prompts and the CLI's errors."""
 
+import functools
+import json
+import runpy
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+import torch
 from test_engine_lossless import PROMPTS
 
 from flashspec import ArmConfig, BanditConfig, FlashSpecConfig, SpeculativeEngine, TargetConfig
 from flashspec.drafters.checkpoint import WEIGHTS
-from flashspec.train import eagle, streaming
+from flashspec.models.tiny import tiny_tokenizer
+from flashspec.train import corpus, eagle, streaming
+from flashspec.train.distill import corpus_prompts
 
 MAX_BYTES = 5 << 20
 
@@ -38,3 +46,50 @@ def test_trainer(trainer, arm, tmp_path):
     assert accepted > 0 or trainer is streaming  # the random target's tokens two ahead are barely learnable
     with pytest.raises(ValueError, match="unknown preset"):
         trainer.train("tiny", tmp_path / "x", preset="huge")
+
+
+# ------------------------------------------------------------------ Medusa, through the CLI
+MAIN = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "train_drafters.py"))["main"]
+
+
+@pytest.fixture(scope="module")
+def medusa(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("drafters")
+    records = MAIN(["--target", "tiny", "--drafters", "medusa", "--preset", "tiny", "--out", str(out),
+                    "--device", "cpu"])
+    return out / "flashspec-medusa", records["medusa"]
+
+
+def test_medusa_checkpoint_is_small_trained_and_self_describing(medusa):
+    path, record = medusa
+    config = json.loads((path / "config.json").read_text())
+    assert config["kind"] == "medusa" and config["training"] == record
+    assert record["heldout_loss"] < record["heldout_loss_before"], "training did not lower the held-out loss"
+    assert (path / WEIGHTS).stat().st_size < MAX_BYTES
+    assert len(config["accuracy"]) == config["heads"] and len(config["tree"]) == 64
+
+
+def test_trained_medusa_drafts_losslessly(medusa):
+    path, _ = medusa
+    spec = SpeculativeEngine(FlashSpecConfig(arms=[ArmConfig(kind="medusa", model=str(path))], gammas=[16],
+                                             bandit=BanditConfig("fixed")))
+    plain = SpeculativeEngine(FlashSpecConfig(bandit=BanditConfig("none")), target=spec.target,
+                              tokenizer=spec.tokenizer)
+    for prompt in PROMPTS[:4]:
+        assert spec.generate(prompt, 16).token_ids == plain.generate(prompt, 16).token_ids
+
+
+def test_corpus_prompts_are_reproducible_windows_of_real_text(monkeypatch):
+    monkeypatch.setattr(corpus, "discover", functools.cache(corpus.discover))  # walk the file system once
+    tokenizer = tiny_tokenizer()
+    a, b = (corpus_prompts(tokenizer, 8, 32, seed=5, max_mb=0.05) for _ in range(2))
+    assert a.shape == (8, 32) and torch.equal(a, b)
+    assert not torch.equal(a, corpus_prompts(tokenizer, 8, 32, seed=6, max_mb=0.05))
+    text = tokenizer.decode(a[0])
+    assert sum(c.isprintable() or c.isspace() for c in text) > 0.9 * len(text)
+
+
+def test_cli_names_unknown_drafters(capsys):
+    with pytest.raises(SystemExit):
+        MAIN(["--target", "tiny", "--drafters", "medusa,hydra", "--preset", "tiny", "--out", "/tmp/x"])
+    assert "choose from medusa, eagle, streaming" in capsys.readouterr().err

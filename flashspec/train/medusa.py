@@ -1,0 +1,111 @@
+"""Train Medusa heads on the frozen target by self-distillation (Cai et al. 2024, Medusa-1 with the
+self-distillation data of Medusa-2): head k at position t learns the target's own distribution of token
+t + k + 1 (cross-entropy with the target's probabilities, read off the cached hidden states through its
+lm_head), head k weighted 0.8^(k-1). The tree is then grown from the heads' held-out rank accuracies."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from flashspec.drafters.medusa import MedusaHeads, save_medusa
+from flashspec.train.distill import distill_windows, target_hidden
+from flashspec.train.feature_drafters import FIT, evaluate, fit, load_target, log
+
+DECAY = 0.8  # Medusa's weight decay over the heads: later heads are harder and matter less
+RANKS = 8  # candidates per head whose accuracy shapes the tree
+
+
+@dataclass(frozen=True)
+class MedusaShape:
+    heads: int
+    rank: int  # of each head's correction to the target's lm_head
+    prompt_len: int  # corpus tokens before the target's continuation in each window
+    corpus_mb: float  # corpus read for the prompts (per kind)
+    lr: float
+    train_s: float  # training time (the data comes first; the whole run fits in 3 minutes on one GPU)
+
+
+SHAPES = {
+    "tiny": MedusaShape(heads=3, rank=4, prompt_len=16, corpus_mb=0.3, lr=3e-3, train_s=10),
+    "h100": MedusaShape(heads=4, rank=16, prompt_len=64, corpus_mb=4, lr=1e-3, train_s=100),
+}
+
+
+def medusa_loss(heads: MedusaHeads, hidden: Tensor) -> tuple[Tensor, Tensor]:
+    """Loss over windows of hidden states [B, T, D], and each head's top-1 agreement with the target ([K])."""
+    with torch.no_grad():  # the target's distribution of token t + 1, at every position t
+        teacher = (hidden.float() @ heads.lm_head.float().T).softmax(-1)
+    with torch.autocast(hidden.device.type, dtype=torch.bfloat16, enabled=hidden.device.type == "cuda"):
+        logits = heads(hidden[:, :-1])  # [B, T-1, K, V]
+    losses, agreement = [], []
+    t = hidden.shape[1]
+    # Head k + 1 at t guesses token t + k + 2: the target's distribution at t + k + 1.
+    for k in range(heads.n_heads):
+        log_q = logits[:, : t - 1 - k, k].float().log_softmax(-1)
+        p = teacher[:, k + 1 :]
+        losses.append(-(p * log_q).sum(-1).mean())
+        agreement.append((log_q.argmax(-1) == p.argmax(-1)).float().mean())
+    weights = DECAY ** torch.arange(heads.n_heads, device=hidden.device)
+    return (torch.stack(losses) * weights).sum() / weights.sum(), torch.stack(agreement)
+
+
+@torch.no_grad()
+def rank_accuracy(heads: MedusaHeads, hidden: Tensor, batch_size: int) -> list[list[float]]:
+    """accuracy[k][r]: how often head k + 1's rank-r token is the target's own (greedy) choice."""
+    hits = torch.zeros(heads.n_heads, RANKS, device=hidden.device)
+    counts = torch.zeros(heads.n_heads, 1, device=hidden.device)
+    for h in hidden.split(batch_size):
+        choice = (h.float() @ heads.lm_head.float().T).argmax(-1)  # [B, T]
+        top = heads(h[:, :-1]).topk(RANKS, dim=-1).indices  # [B, T-1, K, RANKS]
+        t = h.shape[1]
+        for k in range(heads.n_heads):
+            hits[k] += (top[:, : t - 1 - k, k] == choice[:, k + 1 :, None]).sum((0, 1))
+            counts[k] += choice[:, k + 1 :].numel()
+    return (hits / counts).tolist()
+
+
+def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: str | None = None,
+          seed: int = 0) -> dict:
+    """Train Medusa heads for the target at `target_path` into `out_dir`; returns the training record."""
+    if preset not in SHAPES:
+        raise ValueError(f"unknown preset {preset!r}: use one of {sorted(SHAPES)}")
+    shape, t0 = SHAPES[preset], time.monotonic()
+    cfg = replace(FIT[preset], lr=shape.lr, time_budget_s=shape.train_s)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    target, tokenizer = load_target(target_path, device)
+    windows, heldout = (distill_windows(target, tokenizer, n, cfg.seq_len, seed + i, shape.prompt_len,
+                                        shape.corpus_mb) for i, n in enumerate((cfg.windows, cfg.heldout)))
+    hidden, heldout_hidden = target_hidden(target, windows), target_hidden(target, heldout)
+    log(f"medusa: {cfg.windows} + {cfg.heldout} self-distilled windows in {time.monotonic() - t0:.0f} s")
+    torch.manual_seed(seed)
+    heads = MedusaHeads(target.get_output_embeddings().weight, shape.heads, shape.rank).to(device)
+
+    def loss_fn(batch: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        return medusa_loss(heads, batch)
+
+    before_loss, before = evaluate(loss_fn, heldout_hidden, cfg.batch_size)
+    heads.train()
+    stats = fit(list(heads.parameters()), loss_fn, hidden, cfg, seed)
+    heads.eval()
+    after_loss, after = evaluate(loss_fn, heldout_hidden, cfg.batch_size)
+    accuracy = rank_accuracy(heads, heldout_hidden, cfg.batch_size)
+    record = {
+        "kind": "medusa", "target": target_path, "preset": preset, "seed": seed, "device": device,
+        "heads": shape.heads, "rank": shape.rank, "params": sum(p.numel() for p in heads.parameters()),
+        "data": {"source": "self-distilled: corpus windows (training split) continued by the target, half "
+                           "greedy, half at temperature 1", "windows": cfg.windows,
+                 "heldout_windows": cfg.heldout, "seq_len": cfg.seq_len, "prompt_len": shape.prompt_len},
+        **stats, "heldout_loss_before": round(before_loss, 4), "heldout_loss": round(after_loss, 4),
+        "heldout_top1_agreement_before": [round(a, 4) for a in before],
+        "heldout_top1_agreement": [round(a, 4) for a in after],
+        "wall_time_s": round(time.monotonic() - t0, 1),
+    }
+    save_medusa(out_dir, heads, target.config, [[round(a, 4) for a in row] for row in accuracy], record)
+    log(f"medusa: held-out top-1 agreement {record['heldout_top1_agreement']} "
+        f"(untrained {record['heldout_top1_agreement_before']}) -> {out_dir}")
+    return record

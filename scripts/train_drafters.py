@@ -1,0 +1,55 @@
+"""Train drafters on a frozen target by self-distillation; each lands in OUT/flashspec-<kind>/ (config.json +
+model.safetensors), loadable as ArmConfig(kind=<kind>, model=OUT/flashspec-<kind>).
+
+    python scripts/train_drafters.py --target results/models/flashspec-target \\
+        --drafters medusa,eagle,streaming --preset h100 --out results/models          # one GPU
+    python scripts/train_drafters.py --target tiny --drafters medusa --preset tiny --out /tmp/drafters   # CPU
+
+Each kind's trainer is flashspec/train/<kind>.py: train(target_path, out_dir, preset, device, seed) -> record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+KINDS = ("medusa", "eagle", "streaming")
+PRESETS = ("tiny", "h100")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", required=True, help="the target: a save_pretrained folder or 'tiny'")
+    parser.add_argument("--drafters", required=True, help=f"comma-separated kinds from {', '.join(KINDS)}")
+    parser.add_argument("--preset", choices=PRESETS, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="parent folder of the drafter folders")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    kinds = [k.strip() for k in args.drafters.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        parser.error(f"--drafters {args.drafters!r}: choose from {', '.join(KINDS)}")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    transformers.utils.logging.disable_progress_bar()
+    records = {}
+    for kind in kinds:
+        trainer = importlib.import_module(f"flashspec.train.{kind}")
+        records[kind] = trainer.train(args.target, args.out / f"flashspec-{kind}", args.preset, args.device,
+                                      args.seed)
+    print(json.dumps({k: {m: r[m] for m in ("params", "steps", "heldout_loss", "wall_time_s") if m in r}
+                      for k, r in records.items()}, indent=2))
+    return records
+
+
+if __name__ == "__main__":
+    main()
