@@ -1,6 +1,6 @@
-"""What the EAGLE and Speculative Streaming trainers share: the frozen target, self-distillation data (text
-the target samples itself, so the drafter learns the distribution it will be verified against), a
-time-boxed AdamW loop and a held-out evaluation."""
+"""What the trainers of drafters on the target's states share: the frozen target, the self-distillation data
+of flashspec/train/distill.py (corpus prompts continued by the target itself, so the drafter learns the
+distribution it will be verified against), a time-boxed AdamW loop and a held-out evaluation."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from flashspec.config import TargetConfig
 from flashspec.models import load_hf
+from flashspec.train.distill import distill_windows
 
 # One training step: a batch of windows -> (loss to minimise, per-position agreement metrics).
 LossFn = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]
@@ -24,20 +25,22 @@ LossFn = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]
 class FitConfig:
     seq_len: int  # tokens per self-distilled window
     windows: int  # training windows the target generates
-    heldout: int  # held-out windows, generated the same way with another seed
+    heldout: int  # held-out windows, generated the same way
     batch_size: int
     lr: float
     max_steps: int
     time_budget_s: float  # training stops at max_steps or here, whichever comes first
+    prompt_len: int = 16  # corpus tokens before the target's continuation in each window
+    corpus_mb: float = 0.3  # corpus read for the prompts (on-disk MB of each kind)
 
 
 FIT = {
     "tiny": FitConfig(seq_len=48, windows=96, heldout=16, batch_size=8, lr=3e-3, max_steps=150,
                       time_budget_s=20),
     "cpu": FitConfig(seq_len=128, windows=1024, heldout=32, batch_size=8, lr=2e-3, max_steps=5_000,
-                     time_budget_s=600),
+                     time_budget_s=600, prompt_len=32, corpus_mb=2),
     "h100": FitConfig(seq_len=256, windows=8192, heldout=128, batch_size=32, lr=1e-3, max_steps=20_000,
-                      time_budget_s=150),
+                      time_budget_s=150, prompt_len=64, corpus_mb=4),
 }
 
 
@@ -50,28 +53,6 @@ def load_target(path: str, device: str) -> tuple[PreTrainedModel, PreTrainedToke
     model, tokenizer = load_hf(path, TargetConfig(model=path, device=device, dtype="float32"))
     model.requires_grad_(False)
     return model.eval(), tokenizer
-
-
-@torch.no_grad()
-def self_distilled_windows(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n: int, seq_len: int, seed: int,
-    chunk: int = 256,
-) -> Tensor:
-    """[n, seq_len] token windows the target samples itself (temperature 1) from the BOS token."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if bos is None:
-        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start self-distilled text from")
-    devices = [model.device] if model.device.type == "cuda" else []
-    out = []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for size in torch.arange(n).split(chunk):
-            start = torch.full((len(size), 1), bos, device=model.device)
-            out.append(model.generate(
-                input_ids=start, attention_mask=torch.ones_like(start), do_sample=True, temperature=1.0,
-                top_k=0, top_p=1.0, max_new_tokens=seq_len - 1, min_new_tokens=seq_len - 1, pad_token_id=bos,
-            ))
-    return torch.cat(out)
 
 
 def fit(params: list[Tensor], loss_fn: LossFn, windows: Tensor, cfg: FitConfig, seed: int) -> dict:
@@ -128,8 +109,11 @@ def train_drafter(kind: str, make: Maker, target_path: str, out_dir: str, preset
     target, tokenizer = load_target(target_path, device)
     torch.manual_seed(seed)
     drafter, loss_fn, save = make(target)
-    windows = self_distilled_windows(target, tokenizer, cfg.windows, cfg.seq_len, seed)
-    heldout = self_distilled_windows(target, tokenizer, cfg.heldout, cfg.seq_len, seed + 1)
+    # One call (it reads the corpus), then a random split: both halves mix greedy and sampled continuations.
+    data = distill_windows(target, tokenizer, cfg.windows + cfg.heldout, cfg.seq_len, seed, cfg.prompt_len,
+                           cfg.corpus_mb)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).to(data.device)
+    heldout, windows = data[order[: cfg.heldout]], data[order[cfg.heldout :]]
     log(f"{kind}: {cfg.windows} + {cfg.heldout} self-distilled windows in {time.monotonic() - t0:.0f} s")
     before_loss, before = evaluate(loss_fn, heldout, cfg.batch_size)
     drafter.train()
@@ -138,8 +122,9 @@ def train_drafter(kind: str, make: Maker, target_path: str, out_dir: str, preset
     after_loss, after = evaluate(loss_fn, heldout, cfg.batch_size)
     record = {
         "kind": kind, "target": target_path, "preset": preset, "seed": seed, "device": device,
-        "data": {"source": "self-distilled: the target's own samples at temperature 1 from BOS",
-                 "windows": cfg.windows, "heldout_windows": cfg.heldout, "seq_len": cfg.seq_len},
+        "data": {"source": "self-distilled: corpus windows (training split) continued by the target, half "
+                           "greedy, half at temperature 1", "windows": cfg.windows,
+                 "heldout_windows": cfg.heldout, "seq_len": cfg.seq_len, "prompt_len": cfg.prompt_len},
         **stats, "heldout_loss_before": round(before_loss, 4), "heldout_loss": round(after_loss, 4),
         "heldout_top1_agreement_before": [round(a, 4) for a in before],
         "heldout_top1_agreement": [round(a, 4) for a in after],
