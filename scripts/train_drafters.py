@@ -22,7 +22,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 KINDS = ("medusa", "eagle", "streaming")
-PRESETS = ("tiny", "h100")
+PRESETS = ("tiny", "cpu", "h100")  # tiny: a CPU test; cpu: 10 minutes on two cores; h100: one GPU
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -75,3 +75,14 @@ def target_hidden(model: PreTrainedModel, windows: Tensor, chunk: int = 64) -> T
     """[n, seq_len, D]: the target's last hidden state (after the final norm, as `Scores.hidden`)."""
     return torch.cat([model(input_ids=w, output_hidden_states=True).hidden_states[-1]
                       for w in windows.split(chunk)])
+
+
+def distill_split(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n_train: int, n_heldout: int, seq_len: int,
+    seed: int, prompt_len: int, max_mb: float,
+) -> tuple[Tensor, Tensor]:
+    """(training, held-out) windows from one `distill_windows` call (it reads the corpus) and a random split,
+    so both parts mix greedy and sampled continuations."""
+    data = distill_windows(model, tokenizer, n_train + n_heldout, seq_len, seed, prompt_len, max_mb)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).to(data.device)
+    return data[order[n_heldout:]], data[order[:n_heldout]]

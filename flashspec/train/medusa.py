@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from flashspec.drafters.medusa import MedusaHeads, save_medusa
-from flashspec.train.distill import distill_windows, target_hidden
+from flashspec.train.distill import distill_split, target_hidden
 from flashspec.train.feature_drafters import FIT, evaluate, fit, load_target, log
 
 DECAY = 0.8  # Medusa's weight decay over the heads: later heads are harder and matter less
@@ -24,15 +24,14 @@ RANKS = 8  # candidates per head whose accuracy shapes the tree
 class MedusaShape:
     heads: int
     rank: int  # of each head's correction to the target's lm_head
-    prompt_len: int  # corpus tokens before the target's continuation in each window
-    corpus_mb: float  # corpus read for the prompts (per kind)
     lr: float
-    train_s: float  # training time (the data comes first; the whole run fits in 3 minutes on one GPU)
+    train_s: float  # training time; the data comes first (h100: the whole run in 3 minutes on one GPU)
 
 
-SHAPES = {
-    "tiny": MedusaShape(heads=3, rank=4, prompt_len=16, corpus_mb=0.3, lr=3e-3, train_s=10),
-    "h100": MedusaShape(heads=4, rank=16, prompt_len=64, corpus_mb=4, lr=1e-3, train_s=100),
+SHAPES = {  # the data (windows, lengths, corpus) is the shared FIT preset of the same name
+    "tiny": MedusaShape(heads=3, rank=4, lr=3e-3, train_s=10),
+    "cpu": MedusaShape(heads=4, rank=16, lr=2e-3, train_s=300),
+    "h100": MedusaShape(heads=4, rank=16, lr=1e-3, train_s=100),
 }
 
 
@@ -78,8 +77,8 @@ def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: s
     cfg = replace(FIT[preset], lr=shape.lr, time_budget_s=shape.train_s)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     target, tokenizer = load_target(target_path, device)
-    windows, heldout = (distill_windows(target, tokenizer, n, cfg.seq_len, seed + i, shape.prompt_len,
-                                        shape.corpus_mb) for i, n in enumerate((cfg.windows, cfg.heldout)))
+    windows, heldout = distill_split(target, tokenizer, cfg.windows, cfg.heldout, cfg.seq_len, seed,
+                                     cfg.prompt_len, cfg.corpus_mb)
     hidden, heldout_hidden = target_hidden(target, windows), target_hidden(target, heldout)
     log(f"medusa: {cfg.windows} + {cfg.heldout} self-distilled windows in {time.monotonic() - t0:.0f} s")
     torch.manual_seed(seed)
@@ -99,7 +98,7 @@ def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: s
         "heads": shape.heads, "rank": shape.rank, "params": sum(p.numel() for p in heads.parameters()),
         "data": {"source": "self-distilled: corpus windows (training split) continued by the target, half "
                            "greedy, half at temperature 1", "windows": cfg.windows,
-                 "heldout_windows": cfg.heldout, "seq_len": cfg.seq_len, "prompt_len": shape.prompt_len},
+                 "heldout_windows": cfg.heldout, "seq_len": cfg.seq_len, "prompt_len": cfg.prompt_len},
         **stats, "heldout_loss_before": round(before_loss, 4), "heldout_loss": round(after_loss, 4),
         "heldout_top1_agreement_before": [round(a, 4) for a in before],
         "heldout_top1_agreement": [round(a, 4) for a in after],

@@ -113,10 +113,11 @@ def _sample_path(
             node, r, mass = c, p[c + 1], 1.0
             continue
         residual = (r / mass - q).clamp(min=0)
-        left = residual.sum()
+        # The mass in float64, as the reference's sums (the order of additions must not show), then float32.
+        left = residual.sum(dtype=torch.float64)
         # No residual mass: r == q up to rounding, so the rejection had probability 0; keep r.
         if left > 0:
-            r, mass = residual, left
+            r, mass = residual, left.float()
     return path, sample_from(r, uniforms[-1])
 
 

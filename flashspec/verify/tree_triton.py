@@ -26,40 +26,35 @@ from flashspec.verify.tree import check_parents, check_tree_inputs
 from flashspec.verify.triton_kernel import (
     GPU,
     INTERPRETER,
-    LOG2E,
     Tuning,
     _arrive_last,
     _chunk_stats,
+    _exp,
     _finish_row,
     _first_above,
 )
 
 
 @triton.jit
-def _row_stats(stats_ptr, row):
-    m = tl.load(stats_ptr + row * 3, cache_modifier=".cg")
-    mass = tl.load(stats_ptr + row * 3 + 1, cache_modifier=".cg")
-    tau = tl.load(stats_ptr + row * 3 + 2, cache_modifier=".cg")
-    return m, mass, tau
-
-
-@triton.jit
-def _write_p(logits_ptr, stats_ptr, row, buf_ptr, c2, V: tl.constexpr, BLOCK_V: tl.constexpr):
-    """buf <- p of `row`: exp2((x - max) * c2) / mass over the logits kept by the threshold."""
-    m, mass, tau = _row_stats(stats_ptr, row)
+def _write_p(logits_ptr, stats_ptr, row, buf_ptr, T, V: tl.constexpr, BLOCK_V: tl.constexpr):
+    """buf <- p of `row`, as the chain kernel computes it from the row's statistics (zm, 1 / mass, tau)."""
+    zm = tl.load(stats_ptr + row * 3, cache_modifier=".cg").to(tl.float32)
+    inv_mass = tl.load(stats_ptr + row * 3 + 1, cache_modifier=".cg").to(tl.float32)
+    tau = tl.load(stats_ptr + row * 3 + 2, cache_modifier=".cg").to(tl.float32)
     x_row = logits_ptr + row * V  # (N + 1) * V < 2**31: trees are small
     for off in range(0, V, BLOCK_V):
         offs = off + tl.arange(0, BLOCK_V)
         x = tl.load(x_row + offs, mask=offs < V, other=-float("inf")).to(tl.float32)
-        tl.store(buf_ptr + offs, tl.where(x >= tau, tl.exp2((x - m) * c2) / mass, 0.0), mask=offs < V)
+        tl.store(buf_ptr + offs, tl.where(x >= tau, _exp(x, zm, T) * inv_mass, 0.0), mask=offs < V)
     tl.debug_barrier()  # the next reads of buf may come from other threads of this program
 
 
 @triton.jit
 def _residual_pass(buf_ptr, q_row, x_c, mass, WRITE: tl.constexpr, V: tl.constexpr,
                    STOCHASTIC: tl.constexpr, BLOCK_V: tl.constexpr):
-    """Mass of max(buf / mass - q, 0) (q one-hot at x_c when deterministic); with WRITE, also store it."""
-    total = 0.0
+    """Mass (float64) of max(buf / mass - q, 0) (q one-hot at x_c when deterministic); with WRITE, also
+    store it. IEEE divisions, as the reference's."""
+    total = tl.full([], 0, tl.float64)
     for off in range(0, V, BLOCK_V):
         offs = off + tl.arange(0, BLOCK_V)
         r = tl.load(buf_ptr + offs, mask=offs < V, other=0.0)
@@ -67,8 +62,8 @@ def _residual_pass(buf_ptr, q_row, x_c, mass, WRITE: tl.constexpr, V: tl.constex
             q = tl.load(q_row + offs, mask=offs < V, other=0.0).to(tl.float32)
         else:
             q = tl.where(offs == x_c, 1.0, 0.0)
-        res = tl.maximum(r / mass - q, 0.0)
-        total += tl.sum(res, 0)
+        res = tl.maximum(tl.math.div_rn(r, mass) - q, 0.0)
+        total += tl.sum(res, 0, dtype=tl.float64)
         if WRITE:
             tl.store(buf_ptr + offs, res, mask=offs < V)
     tl.debug_barrier()
@@ -77,25 +72,27 @@ def _residual_pass(buf_ptr, q_row, x_c, mass, WRITE: tl.constexpr, V: tl.constex
 
 @triton.jit
 def _sample_buffer(buf_ptr, u, bsum_ptr, V: tl.constexpr, BLOCK_V: tl.constexpr, NBLK_P2: tl.constexpr):
-    """Inverse-CDF sample of the (unnormalised) buffer: block sums, then one block."""
+    """Inverse-CDF sample of the (unnormalised) buffer: block sums, then one block; cumulative sums in
+    float64, as the reference's."""
     for off in range(0, V, BLOCK_V):
         offs = off + tl.arange(0, BLOCK_V)
-        tl.store(bsum_ptr + off // BLOCK_V, tl.sum(tl.load(buf_ptr + offs, mask=offs < V, other=0.0), 0))
+        r = tl.load(buf_ptr + offs, mask=offs < V, other=0.0)
+        tl.store(bsum_ptr + off // BLOCK_V, tl.sum(r, 0, dtype=tl.float64))
     tl.debug_barrier()
     k = tl.arange(0, NBLK_P2)
     bs = tl.load(bsum_ptr + k, mask=k < tl.cdiv(V, BLOCK_V), other=0.0)
     bcdf = tl.cumsum(bs, 0)
-    x = u * tl.max(bcdf, 0)
+    x = u.to(tl.float64) * tl.max(bcdf, 0)
     blk = _first_above(bcdf, bs, x, NBLK_P2)
     carry = tl.sum(tl.where(k == blk - 1, bcdf, 0.0), 0)
     offs = blk * BLOCK_V + tl.arange(0, BLOCK_V)
     r = tl.load(buf_ptr + offs, mask=offs < V, other=0.0)
-    return blk * BLOCK_V + _first_above(carry + tl.cumsum(r, 0), r, x, BLOCK_V)
+    return blk * BLOCK_V + _first_above(carry + tl.cumsum(r, 0, dtype=tl.float64), r, x, BLOCK_V)
 
 
 @triton.jit
 def _sample_walk(logits_ptr, tokens_ptr, parents_ptr, probs_ptr, uniforms_ptr, stats_ptr, buf_ptr, bsum_ptr,
-                 N, c2, V: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK_V: tl.constexpr,
+                 N, T, V: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK_V: tl.constexpr,
                  NBLK_P2: tl.constexpr, N_P2: tl.constexpr):
     """Recursive rejection sampling; returns the path ([N_P2], -1 padded), its length and the final token."""
     i = tl.arange(0, N_P2)
@@ -103,7 +100,7 @@ def _sample_walk(logits_ptr, tokens_ptr, parents_ptr, probs_ptr, uniforms_ptr, s
     n = 0
     node = -1
     mass = 1.0
-    _write_p(logits_ptr, stats_ptr, 0, buf_ptr, c2, V, BLOCK_V)
+    _write_p(logits_ptr, stats_ptr, 0, buf_ptr, T, V, BLOCK_V)
     for c in range(N_P2):  # a constexpr bound: one compilation per power of two of the tree size
         if (c < N) & (tl.load(parents_ptr + c, mask=c < N, other=-2) == node):
             x_c = tl.load(tokens_ptr + c)
@@ -112,18 +109,18 @@ def _sample_walk(logits_ptr, tokens_ptr, parents_ptr, probs_ptr, uniforms_ptr, s
                 q_x = tl.load(q_row + x_c).to(tl.float32)
             else:
                 q_x = 1.0
-            if tl.load(uniforms_ptr + c) * q_x < tl.load(buf_ptr + x_c) / mass:
+            if tl.load(uniforms_ptr + c) * q_x < tl.math.div_rn(tl.load(buf_ptr + x_c), mass):
                 path = tl.where(i == n, c, path)
                 n += 1
                 node = c
                 mass = 1.0
-                _write_p(logits_ptr, stats_ptr, c + 1, buf_ptr, c2, V, BLOCK_V)
+                _write_p(logits_ptr, stats_ptr, c + 1, buf_ptr, T, V, BLOCK_V)
             else:
                 left = _residual_pass(buf_ptr, q_row, x_c, mass, False, V, STOCHASTIC, BLOCK_V)
                 # No residual mass: r == q up to rounding, so the rejection had probability 0; keep r.
                 if left > 0:
                     _residual_pass(buf_ptr, q_row, x_c, mass, True, V, STOCHASTIC, BLOCK_V)
-                    mass = left
+                    mass = left.to(tl.float32)
     return path, n, _sample_buffer(buf_ptr, tl.load(uniforms_ptr + N), bsum_ptr, V, BLOCK_V, NBLK_P2)
 
 
@@ -161,7 +158,7 @@ def _tree_kernel(
     logits_ptr, tokens_ptr, parents_ptr, probs_ptr, uniforms_ptr,  # inputs
     n_accepted_ptr, path_ptr, out_tokens_ptr,  # outputs
     part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, counters_ptr, cand_ptr, buf_ptr, bsum_ptr,  # workspace
-    N, c2, top_k, top_p,
+    N, T, top_k, top_p,
     V: tl.constexpr, GREEDY: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr,
     NSPLIT_P2: tl.constexpr, NBLK_P2: tl.constexpr, N_P2: tl.constexpr,
@@ -169,7 +166,7 @@ def _tree_kernel(
     row = tl.program_id(0)
     c = tl.program_id(1)
     x_row = logits_ptr + row.to(tl.int64) * V
-    m, s, lo, am = _chunk_stats(x_row, V, c * CHUNK, c2, GREEDY, CHUNK, BLOCK_V)
+    m, s, lo, am = _chunk_stats(x_row, V, c * CHUNK, T, GREEDY, CHUNK, BLOCK_V)
     slot = row * NSPLIT_P2 + c
     tl.store(part_ptr + slot * 3, m)
     tl.store(part_ptr + slot * 3 + 1, s)
@@ -178,7 +175,7 @@ def _tree_kernel(
     nsplit = tl.cdiv(V, CHUNK)
     if _arrive_last(counters_ptr + row, nsplit):
         # The chain kernel's row finisher with G = 0: the row's statistics, no chain draft to test.
-        _finish_row(x_row, row, 0, 0, 0, V, c2, top_k, top_p, tokens_ptr, probs_ptr, uniforms_ptr,
+        _finish_row(x_row, row, 0, 0, 0, V, T, top_k, top_p, tokens_ptr, probs_ptr, uniforms_ptr,
                     part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, counters_ptr, cand_ptr, nsplit,
                     GREEDY, TOP_K, TOP_P, STOCHASTIC, BLOCK_V, CAP, P_ROW, P_CAND, NSPLIT_P2)
         if _arrive_last(counters_ptr + N + 1, N + 1):
@@ -186,7 +183,7 @@ def _tree_kernel(
                 path, n, token = _greedy_walk(tokens_ptr, parents_ptr, argmax_ptr, N, N_P2)
             else:
                 path, n, token = _sample_walk(logits_ptr, tokens_ptr, parents_ptr, probs_ptr, uniforms_ptr,
-                                              stats_ptr, buf_ptr, bsum_ptr, N, c2, V, STOCHASTIC, BLOCK_V,
+                                              stats_ptr, buf_ptr, bsum_ptr, N, T, V, STOCHASTIC, BLOCK_V,
                                               NBLK_P2, N_P2)
             i = tl.arange(0, N_P2)
             path_tokens = tl.load(tokens_ptr + path, mask=path >= 0, other=-1)
@@ -224,9 +221,11 @@ def verify_tree_triton(
     top_k = not greedy and 0 < sampling.top_k < vocab
     top_p = not greedy and sampling.top_p < 1
     nsplit_p2, nblk_p2 = triton.next_power_of_2(nsplit), triton.next_power_of_2(nblk)
-    # Workspace: chunk partials, row stats, threshold candidates, residual, block sums; counters start at 0.
-    sizes = [n1 * nsplit_p2 * 3, n1 * 3, n1 * tuning.cap if top_k or top_p else 0, vocab, nblk_p2]
-    part, stats, cand, buf, bsum = torch.empty(sum(sizes), dtype=torch.float32, device=dev).split(sizes)
+    # Workspace: chunk partials, row stats, threshold candidates, block sums (float64, as the chain kernel's),
+    # the residual (float32); counters start at 0.
+    sizes = [n1 * nsplit_p2 * 3, n1 * 3, n1 * tuning.cap if top_k or top_p else 0, nblk_p2]
+    part, stats, cand, bsum = torch.empty(sum(sizes), dtype=torch.float64, device=dev).split(sizes)
+    buf = torch.empty(vocab, dtype=torch.float32, device=dev)
     sizes = [n1 + 1, n1 * nsplit_p2, n1]
     counters, part_arg, argmax = torch.zeros(sum(sizes), dtype=torch.int32, device=dev).split(sizes)
     n_accepted = torch.empty((), dtype=torch.int64, device=dev)
@@ -238,7 +237,8 @@ def verify_tree_triton(
         logits if draft_probs is None else draft_probs.contiguous(), uniforms.float().contiguous(),
         n_accepted, path, out_tokens,
         part, part_arg, stats, argmax, counters, cand, buf, bsum,
-        n1 - 1, 1.0 if greedy else LOG2E / sampling.temperature, sampling.top_k, sampling.top_p,
+        n1 - 1, 1.0 if greedy else sampling.temperature, sampling.top_k,
+        torch.tensor(sampling.top_p, dtype=torch.float32).item(),  # exactly the float32 value, as the chain's
         V=vocab, GREEDY=greedy, TOP_K=top_k, TOP_P=top_p, STOCHASTIC=draft_probs is not None,
         CHUNK=chunk, BLOCK_V=block_v, CAP=tuning.cap, P_ROW=tuning.pivots_row, P_CAND=tuning.pivots_cand,
         NSPLIT_P2=nsplit_p2, NBLK_P2=nblk_p2, N_P2=triton.next_power_of_2(n1), num_warps=tuning.num_warps,
