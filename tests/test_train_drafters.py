@@ -5,6 +5,7 @@ way through scripts/train_drafters.py, plus its corpus prompts and the CLI's err
 import functools
 import json
 import runpy
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from test_engine_lossless import PROMPTS
 
 from flashspec import ArmConfig, BanditConfig, FlashSpecConfig, SpeculativeEngine, TargetConfig
 from flashspec.drafters.checkpoint import WEIGHTS
+from flashspec.models import load_hf
 from flashspec.models.tiny import tiny_tokenizer
 from flashspec.train import corpus, eagle, streaming
 from flashspec.train.distill import corpus_prompts
@@ -49,7 +51,8 @@ def test_trainer(trainer, arm, tmp_path):
 
 
 # ------------------------------------------------------------------ Medusa, through the CLI
-MAIN = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "train_drafters.py"))["main"]
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+MAIN = runpy.run_path(str(SCRIPTS / "train_drafters.py"))["main"]
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +96,29 @@ def test_cli_names_unknown_drafters(capsys):
     with pytest.raises(SystemExit):
         MAIN(["--target", "tiny", "--drafters", "medusa,hydra", "--preset", "tiny", "--out", "/tmp/x"])
     assert "choose from medusa, eagle, streaming" in capsys.readouterr().err
+
+
+def test_eval_drafters_writes_its_section_of_the_readme(medusa, tmp_path):
+    """scripts/eval_drafters.py on a models folder with the tiny target and the trained Medusa heads; twice,
+    so the marked section is replaced, and the family's part of the README is kept."""
+    models, data = tmp_path / "models", tmp_path / "data"
+    model, tokenizer = load_hf("tiny", TargetConfig())
+    model.save_pretrained(models / "flashspec-target")
+    tokenizer.save_pretrained(models / "flashspec-target")
+    shutil.copytree(medusa[0], models / "flashspec-medusa")
+    (models / "README.md").write_text("# The family\n\nTheir table.\n")
+    data.mkdir()
+    for name in ("mt_bench", "humaneval", "alpaca"):
+        record = {"id": f"{name}/1", "turns": ["def add(a, b):"]}
+        (data / f"{name}.jsonl").write_text(json.dumps(record) + "\n")
+    evaluate = runpy.run_path(str(SCRIPTS / "eval_drafters.py"))["main"]
+    args = ["--models", str(models), "--data-dir", str(data), "--limit", "1", "--max-new-tokens", "8"]
+    evaluate(args)
+    result = evaluate(args)
+    readme = (models / "README.md").read_text()
+    assert readme.startswith("# The family\n\nTheir table.\n") and readme.count("## Drafters") == 1
+    assert set(result["arms"]) == {"prompt_lookup", "flashspec-medusa"}
+    medusa_row = result["arms"]["flashspec-medusa"]
+    assert medusa_row["params"] == json.loads((medusa[0] / "config.json").read_text())["training"]["params"]
+    assert all(t >= 1 for t in medusa_row["tau"].values()) and len(medusa_row["tau"]) == 6
+    assert "| `flashspec-medusa` | medusa |" in readme
