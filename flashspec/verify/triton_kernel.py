@@ -1,0 +1,398 @@
+"""The verifier as one fused Triton kernel: same semantics as `reference.verify_reference`.
+
+Grid (B, G+1, chunks of V). Each program reduces its chunk of one logit row (max, sum of exps, min or
+argmax). The last chunk of a row to finish (an atomic counter) combines the partials, finds the top-k /
+top-p threshold and runs the acceptance test of that row's draft; the last row of a batch entry to finish
+finds the first rejection and samples the residual (or bonus) token by inverse CDF. "Last to finish"
+needs no grid-wide barrier, so any grid size is safe, and the interpreter (sequential programs) runs it.
+
+Thresholds are exact: multi-way bisection over logit values, each step snapped to actual logits, first by
+passes over the row, then over the few candidates left, in registers.
+
+Non-finite logits are the caller's check (the engine folds it into its one host sync per step).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from triton.runtime.jit import JITFunction
+
+from flashspec.verify.reference import check_inputs
+
+LOG2E = math.log2(math.e)  # still imported by tree_triton.py
+
+
+@triton.jit
+def _arrive_last(counter_ptr, n):
+    """Count this program in at `counter_ptr`; True for the last of `n`, which then sees all their stores."""
+    tl.debug_barrier()  # every thread's stores come before the release below
+    return tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu") == n - 1
+
+
+@triton.jit
+def _exp(x, zm, T):
+    """exp(z - zm) for z = x / T, computed as the reference computes it (an IEEE division, then exp)."""
+    return tl.exp(tl.math.div_rn(x, T) - zm)
+
+
+@triton.jit
+def _chunk_stats(x_row, V: tl.constexpr, start, T, GREEDY: tl.constexpr, CHUNK: tl.constexpr,
+                 BLOCK_V: tl.constexpr):
+    """Max, sum (float64) of exp(z - max z) for z = x / T, min and first argmax of logits
+    [start, start + CHUNK)."""
+    m = -float("inf")
+    s = tl.full([], 0, tl.float64)
+    lo = float("inf")
+    am = 0
+    for i in range(CHUNK // BLOCK_V):
+        off = start + i * BLOCK_V
+        offs = off + tl.arange(0, BLOCK_V)
+        x = tl.load(x_row + offs, mask=offs < V, other=-float("inf")).to(tl.float32)
+        bm = tl.max(x, 0)
+        if GREEDY:
+            am = tl.where(bm > m, off + tl.argmax(x, 0), am)
+            m = tl.maximum(m, bm)
+        else:
+            m_new = tl.maximum(m, bm)
+            zm_new = tl.math.div_rn(m_new, T)
+            rescale = tl.exp(tl.math.div_rn(m, T).to(tl.float64) - zm_new)  # float64: no systematic error
+            s = s * rescale + tl.sum(_exp(x, zm_new, T), 0, dtype=tl.float64)
+            m = m_new
+            lo = tl.minimum(lo, tl.min(tl.where(offs < V, x, float("inf")), 0))
+    return m, s, lo, am
+
+
+@triton.jit
+def _pivots(lo, hi, P: tl.constexpr):
+    """P increasing pivots: lo, then evenly spaced in (lo, hi]; [lo, hi, hi, ...] when hi - lo is tiny."""
+    k = tl.arange(0, P)
+    piv = lo + (hi - lo) * (k.to(tl.float32) / P)
+    return tl.where(lo + (hi - lo) / P > lo, piv, tl.where(k == 0, lo, hi))
+
+
+@triton.jit
+def _pivot_stats(x, e, piv, hi):
+    """Per pivot, over logits x (exps e): count and mass of x in [pivot, hi], the nearest x at or above the
+    pivot and the nearest below it."""
+    xx = x[:, None]
+    ge = xx >= piv[None, :]
+    inside = ge & (xx <= hi)
+    return (tl.sum(inside.to(tl.float32), 0), tl.sum(tl.where(inside, e[:, None], 0.0), 0, dtype=tl.float64),
+            tl.min(tl.where(ge, xx, float("inf")), 0), tl.max(tl.where(ge, -float("inf"), xx), 0))
+
+
+@triton.jit
+def _pivot_stats_row(x_row, V: tl.constexpr, piv, hi, zm, T, BLOCK_V: tl.constexpr, P: tl.constexpr):
+    """_pivot_stats over a whole logit row, one pass."""
+    count = tl.zeros([P], tl.float32)
+    mass = tl.zeros([P], tl.float64)
+    up = tl.full([P], float("inf"), tl.float32)
+    down = tl.full([P], -float("inf"), tl.float32)
+    for off in range(0, V, BLOCK_V):
+        offs = off + tl.arange(0, BLOCK_V)
+        x = tl.load(x_row + offs, mask=offs < V, other=-float("inf")).to(tl.float32)
+        b_count, b_mass, b_up, b_down = _pivot_stats(x, _exp(x, zm, T), piv, hi)
+        count += b_count
+        mass += b_mass
+        up = tl.minimum(up, b_up)
+        down = tl.maximum(down, b_down)
+    return count, mass, up, down
+
+
+@triton.jit
+def _narrow(lo, hi, n_above, mass_above, target, count, mass, up, down,
+            BY_MASS: tl.constexpr, P: tl.constexpr):
+    """Shrink [lo, hi] around t given the pivot stats: t lies between the last pivot whose F reaches the
+    target (so t >= the nearest logit at or above it) and the next pivot (t < it, so t <= the nearest logit
+    below it). Returns lo, hi, count and mass inside, count and mass above hi."""
+    k = tl.arange(0, P)
+    if BY_MASS:
+        reached = mass_above + mass >= target
+    else:
+        reached = n_above + count >= target
+    last = tl.maximum(tl.sum(reached.to(tl.int32), 0) - 1, 0)  # F(lo) reaches it unless rounding says no
+    nxt = k == last + 1  # no such pivot when last = P - 1: its count and mass then read 0
+    n_from = tl.sum(tl.where(k == last, count, 0.0), 0)
+    mass_from = tl.sum(tl.where(k == last, mass, 0.0), 0)
+    n_next = tl.sum(tl.where(nxt, count, 0.0), 0)
+    mass_next = tl.sum(tl.where(nxt, mass, 0.0), 0)
+    new_lo = tl.min(tl.where(k == last, up, float("inf")), 0)
+    new_hi = tl.where(last + 1 < P, tl.max(tl.where(nxt, down, -float("inf")), 0), hi)
+    return new_lo, new_hi, n_from - n_next, mass_from - mass_next, n_above + n_next, mass_above + mass_next
+
+
+@triton.jit
+def _gather(x_row, V: tl.constexpr, lo, hi, cand_ptr, BLOCK_V: tl.constexpr, CAP: tl.constexpr):
+    """The (at most CAP) logits in [lo, hi] as one vector, padded with -inf."""
+    base = 0
+    for off in range(0, V, BLOCK_V):
+        offs = off + tl.arange(0, BLOCK_V)
+        x = tl.load(x_row + offs, mask=offs < V, other=-float("inf")).to(tl.float32)
+        sel = (x >= lo) & (x <= hi)
+        tl.store(cand_ptr + base + tl.cumsum(sel.to(tl.int32), 0) - 1, x, mask=sel)
+        base += tl.sum(sel.to(tl.int32), 0)
+    tl.debug_barrier()  # the candidates were stored by other threads of this program
+    i = tl.arange(0, CAP)
+    return tl.load(cand_ptr + i, mask=i < base, other=-float("inf"), cache_modifier=".cg").to(tl.float32)
+
+
+@triton.jit
+def _threshold(x_row, V: tl.constexpr, lo, hi, n_in, mass_in, zm, T, target, cand_ptr, BY_MASS: tl.constexpr,
+               BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr):
+    """Largest logit t with F(t) >= target, F(t) = count (or exp mass) of logits >= t, and F's count and mass
+    at t. Needs logits lo <= t <= hi, n_in / mass_in = count / mass of the logits in [lo, hi], none above hi.
+    Multi-way bisection over values, snapped to logits: passes over the row (P_ROW pivots) until at most
+    CAP logits are left in [lo, hi], then on those in registers (P_CAND pivots)."""
+    n_above = 0.0
+    mass_above = tl.full([], 0, tl.float64)
+    while (lo < hi) & (n_in > CAP):
+        count, mass, up, down = _pivot_stats_row(x_row, V, _pivots(lo, hi, P_ROW), hi, zm, T, BLOCK_V, P_ROW)
+        lo, hi, n_in, mass_in, n_above, mass_above = _narrow(lo, hi, n_above, mass_above, target,
+                                                             count, mass, up, down, BY_MASS, P_ROW)
+    if lo < hi:
+        x = _gather(x_row, V, lo, hi, cand_ptr, BLOCK_V, CAP)
+        e = _exp(x, zm, T)
+        while lo < hi:
+            count, mass, up, down = _pivot_stats(x, e, _pivots(lo, hi, P_CAND), hi)
+            lo, hi, n_in, mass_in, n_above, mass_above = _narrow(lo, hi, n_above, mass_above, target,
+                                                                 count, mass, up, down, BY_MASS, P_CAND)
+    return lo, n_above + n_in, mass_above + mass_in
+
+
+@triton.jit
+def _residual(x_row, q_row, offs, x_n, q_on, zm, inv_mass, tau, T, V: tl.constexpr, STOCHASTIC: tl.constexpr):
+    """max(p - q, 0) at `offs`; q is the draft row (one-hot at x_n when deterministic), or 0 when not q_on."""
+    in_v = offs < V
+    x = tl.load(x_row + offs, mask=in_v, other=-float("inf")).to(tl.float32)
+    p = tl.where(in_v & (x >= tau), _exp(x, zm, T) * inv_mass, 0.0)
+    if STOCHASTIC:
+        q = tl.load(q_row + offs, mask=in_v & q_on, other=0.0).to(tl.float32)
+    else:
+        q = tl.where((offs == x_n) & q_on, 1.0, 0.0)
+    return tl.maximum(p - q, 0.0)
+
+
+@triton.jit
+def _block_sums(x_row, q_row, x_n, q_on, zm, inv_mass, tau, T, V: tl.constexpr, bsum_ptr,
+                STOCHASTIC: tl.constexpr, BLOCK_V: tl.constexpr, NBLK_P2: tl.constexpr):
+    """Residual mass (float64) of each BLOCK_V block, through `bsum_ptr` (written, then read back as one
+    vector)."""
+    for off in range(0, V, BLOCK_V):
+        offs = off + tl.arange(0, BLOCK_V)
+        r = _residual(x_row, q_row, offs, x_n, q_on, zm, inv_mass, tau, T, V, STOCHASTIC)
+        tl.store(bsum_ptr + off // BLOCK_V, tl.sum(r, 0, dtype=tl.float64))
+    tl.debug_barrier()
+    k = tl.arange(0, NBLK_P2)
+    return tl.load(bsum_ptr + k, mask=k < tl.cdiv(V, BLOCK_V), other=0.0, cache_modifier=".cg")
+
+
+@triton.jit
+def _first_above(cum, mass, x, SIZE: tl.constexpr):
+    """Inverse CDF: the first index whose cumulative mass exceeds x; rounding may leave none: the last
+    index with mass then."""
+    i = tl.arange(0, SIZE)
+    first = tl.min(tl.where((cum > x) & (mass > 0), i, SIZE), 0)
+    return tl.where(first == SIZE, tl.max(tl.where(mass > 0, i, 0), 0), first)
+
+
+@triton.jit
+def _sample_residual(x_row, q_row, x_n, q_on, zm, inv_mass, tau, T, u, bsum_ptr, V: tl.constexpr,
+                     STOCHASTIC: tl.constexpr, BLOCK_V: tl.constexpr, NBLK_P2: tl.constexpr):
+    """Inverse-CDF sample of norm(max(p - q, 0)) (of p when that has no mass): block sums, then one block.
+    Cumulative sums run in float64, as in the reference, so the summation order does not show."""
+    bs = _block_sums(x_row, q_row, x_n, q_on, zm, inv_mass, tau, T, V, bsum_ptr, STOCHASTIC, BLOCK_V, NBLK_P2)
+    # No residual mass: p == q up to rounding, so the rejection had probability 0; sample p instead.
+    q_on = q_on & (tl.sum(bs, 0) > 0)
+    if tl.sum(bs, 0) <= 0:
+        bs = _block_sums(x_row, q_row, x_n, q_on, zm, inv_mass, tau, T, V, bsum_ptr, STOCHASTIC, BLOCK_V,
+                         NBLK_P2)
+    bcdf = tl.cumsum(bs, 0)
+    x = u.to(tl.float64) * tl.max(bcdf, 0)
+    blk = _first_above(bcdf, bs, x, NBLK_P2)
+    carry = tl.sum(tl.where(tl.arange(0, NBLK_P2) == blk - 1, bcdf, 0.0), 0)
+    r = _residual(x_row, q_row, blk * BLOCK_V + tl.arange(0, BLOCK_V), x_n, q_on, zm, inv_mass, tau, T, V,
+                  STOCHASTIC)
+    return blk * BLOCK_V + _first_above(carry + tl.cumsum(r, 0, dtype=tl.float64), r, x, BLOCK_V)
+
+
+@triton.jit
+def _verify_kernel(
+    logits_ptr, draft_tokens_ptr, draft_probs_ptr, uniforms_ptr,  # inputs
+    n_accepted_ptr, tokens_ptr,  # outputs
+    part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, counters_ptr, cand_ptr, bsum_ptr,  # workspace
+    B, G, T, top_k, top_p,
+    V: tl.constexpr, GREEDY: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr,
+    NSPLIT_P2: tl.constexpr, NBLK_P2: tl.constexpr, G1_P2: tl.constexpr,
+):
+    b = tl.program_id(0)
+    j = tl.program_id(1)
+    c = tl.program_id(2)
+    row = b * (G + 1) + j
+    x_row = logits_ptr + row.to(tl.int64) * V
+    m, s, lo, am = _chunk_stats(x_row, V, c * CHUNK, T, GREEDY, CHUNK, BLOCK_V)
+    slot = row * NSPLIT_P2 + c
+    tl.store(part_ptr + slot * 3, m)
+    tl.store(part_ptr + slot * 3 + 1, s)
+    tl.store(part_ptr + slot * 3 + 2, lo)
+    tl.store(part_arg_ptr + slot, am)
+    nsplit = tl.cdiv(V, CHUNK)
+    if _arrive_last(counters_ptr + row, nsplit):
+        _finish_row(x_row, row, b, j, G, V, T, top_k, top_p, draft_tokens_ptr, draft_probs_ptr, uniforms_ptr,
+                    part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, cand_ptr, nsplit,
+                    GREEDY, TOP_K, TOP_P, STOCHASTIC, BLOCK_V, CAP, P_ROW, P_CAND, NSPLIT_P2)
+        if _arrive_last(counters_ptr + B * (G + 1) + b, G + 1):
+            _finish_batch_row(b, G, T, logits_ptr, draft_tokens_ptr, draft_probs_ptr, uniforms_ptr,
+                              n_accepted_ptr, tokens_ptr, stats_ptr, argmax_ptr, flags_ptr,
+                              bsum_ptr + b * NBLK_P2, V, GREEDY, STOCHASTIC, BLOCK_V, NBLK_P2, G1_P2)
+
+
+@triton.jit
+def _finish_row(x_row, row, b, j, G, V: tl.constexpr, T, top_k, top_p, draft_tokens_ptr, draft_probs_ptr,
+                uniforms_ptr, part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, cand_ptr, nsplit,
+                GREEDY: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr,
+                BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr,
+                NSPLIT_P2: tl.constexpr):
+    """Combine the chunk partials of one row, find its threshold, and test its draft token (when j < G)."""
+    k = tl.arange(0, NSPLIT_P2)
+    live = k < nsplit
+    part_ptr += row * NSPLIT_P2 * 3
+    part_arg_ptr += row * NSPLIT_P2
+    cand_ptr += row * CAP
+    pm = tl.load(part_ptr + k * 3, mask=live, other=-float("inf"), cache_modifier=".cg").to(tl.float32)
+    m = tl.max(pm, 0)
+    zm = tl.math.div_rn(m, T)
+    tau = -float("inf")  # keeps every logit
+    inv_mass = 1.0
+    if GREEDY:
+        pa = tl.load(part_arg_ptr + k, mask=live, other=0, cache_modifier=".cg")
+        am = tl.min(tl.where(live & (pm == m), pa, V), 0)
+    else:
+        am = 0
+        ps = tl.load(part_ptr + k * 3 + 1, mask=live, other=0.0, cache_modifier=".cg")
+        mass = tl.sum(ps * tl.exp(tl.math.div_rn(pm, T).to(tl.float64) - zm), 0)
+        lo = tl.min(tl.load(part_ptr + k * 3 + 2, mask=live, other=float("inf"), cache_modifier=".cg"), 0)
+        lo = lo.to(tl.float32)
+        n_kept = V * 1.0
+        if TOP_K:
+            tau, n_kept, mass = _threshold(x_row, V, lo, m, n_kept, mass, zm, T, top_k * 1.0, cand_ptr,
+                                           False, BLOCK_V, CAP, P_ROW, P_CAND)
+            lo = tau
+        if TOP_P:
+            tau, n_kept, mass = _threshold(x_row, V, lo, m, n_kept, mass, zm, T, mass * top_p,
+                                           cand_ptr, True, BLOCK_V, CAP, P_ROW, P_CAND)
+        inv_mass = (1.0 / mass).to(tl.float32)
+    tl.store(stats_ptr + row * 3, zm)
+    tl.store(stats_ptr + row * 3 + 1, inv_mass)
+    tl.store(stats_ptr + row * 3 + 2, tau)
+    tl.store(argmax_ptr + row, am)
+    if j < G:
+        tok = tl.load(draft_tokens_ptr + b * G + j)
+        if GREEDY:
+            p_x = (tok == am).to(tl.float32)
+        else:
+            x_tok = tl.load(x_row + tok).to(tl.float32)
+            p_x = tl.where(x_tok >= tau, _exp(x_tok, zm, T) * inv_mass, 0.0)
+        if STOCHASTIC:
+            q_x = tl.load(draft_probs_ptr + (b * G + j).to(tl.int64) * V + tok).to(tl.float32)
+        else:
+            q_x = 1.0
+        tl.store(flags_ptr + row, (tl.load(uniforms_ptr + row) * q_x < p_x).to(tl.int32))
+
+
+@triton.jit
+def _finish_batch_row(b, G, T, logits_ptr, draft_tokens_ptr, draft_probs_ptr, uniforms_ptr,
+                      n_accepted_ptr, tokens_ptr, stats_ptr, argmax_ptr, flags_ptr, bsum_ptr,
+                      V: tl.constexpr, GREEDY: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK_V: tl.constexpr,
+                      NBLK_P2: tl.constexpr, G1_P2: tl.constexpr):
+    """First rejection n of one batch entry, its residual (or bonus) sample, and the output tokens."""
+    i = tl.arange(0, G1_P2)
+    first = b * (G + 1)
+    accepted = tl.load(flags_ptr + first + i, mask=i < G, other=0, cache_modifier=".cg")
+    n = tl.min(tl.where((accepted == 0) & (i < G), i, G), 0)
+    rn = first + n
+    if GREEDY:
+        token = tl.load(argmax_ptr + rn, cache_modifier=".cg")
+    else:
+        zm = tl.load(stats_ptr + rn * 3, cache_modifier=".cg").to(tl.float32)
+        inv_mass = tl.load(stats_ptr + rn * 3 + 1, cache_modifier=".cg").to(tl.float32)
+        tau = tl.load(stats_ptr + rn * 3 + 2, cache_modifier=".cg").to(tl.float32)
+        x_n = tl.load(draft_tokens_ptr + b * G + n, mask=n < G, other=-1)
+        x_row = logits_ptr + rn.to(tl.int64) * V
+        q_row = draft_probs_ptr + (b * G + n).to(tl.int64) * V  # read only when n < G
+        token = _sample_residual(x_row, q_row, x_n, n < G, zm, inv_mass, tau, T,
+                                 tl.load(uniforms_ptr + first + G), bsum_ptr, V, STOCHASTIC, BLOCK_V, NBLK_P2)
+    drafts = tl.load(draft_tokens_ptr + b * G + i, mask=i < G, other=0)
+    tl.store(tokens_ptr + first + i, tl.where((i == n) | (i == G), token.to(tl.int64), drafts), mask=i <= G)
+    tl.store(n_accepted_ptr + b, n.to(tl.int64))
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Launch shape; any values give the same result. block_v: elements per vector op; chunk: per program
+    of the first stage; cap: candidates kept in registers by the threshold search; pivots_row / pivots_cand:
+    pivots per bisection step over the row / the candidates (powers of two)."""
+
+    block_v: int
+    chunk: int
+    cap: int
+    pivots_row: int
+    pivots_cand: int
+    num_warps: int
+
+
+GPU = Tuning(block_v=2048, chunk=8192, cap=1024, pivots_row=2, pivots_cand=8, num_warps=8)
+# The interpreter pays per operation, not per element: whole rows at once, wide bisection steps.
+INTERPRETER = Tuning(block_v=1 << 17, chunk=1 << 17, cap=4096, pivots_row=8, pivots_cand=16, num_warps=1)
+
+
+def verify_triton(
+    target_logits: Tensor, draft_tokens: Tensor, draft_probs: Tensor | None, sampling, uniforms: Tensor,
+    tuning: Tuning | None = None,
+) -> tuple[Tensor, Tensor]:
+    """`verify_reference` in one kernel launch (non-finite logits are the caller's check)."""
+    check_inputs(target_logits, draft_tokens, draft_probs, uniforms)
+    on_gpu = target_logits.device.type == "cuda"
+    if not on_gpu and isinstance(_verify_kernel, JITFunction):
+        raise ValueError(
+            f"verify_triton got {target_logits.device} tensors, but Triton compiles for GPUs only: set "
+            "TRITON_INTERPRET=1 before anything imports triton (tests/conftest.py does), or use "
+            "verify_reference"
+        )
+    tuning = tuning or (GPU if on_gpu else INTERPRETER)
+    b, g1, vocab = target_logits.shape
+    block_v = min(tuning.block_v, triton.next_power_of_2(vocab))
+    nblk = triton.cdiv(vocab, block_v)
+    chunk = block_v * min(triton.cdiv(tuning.chunk, block_v), nblk)
+    nsplit = triton.cdiv(vocab, chunk)
+    greedy = sampling.temperature == 0
+    top_k = not greedy and 0 < sampling.top_k < vocab
+    top_p = not greedy and sampling.top_p < 1
+    rows, nsplit_p2, nblk_p2 = b * g1, triton.next_power_of_2(nsplit), triton.next_power_of_2(nblk)
+    dev = target_logits.device
+    # Workspace: chunk partials, row stats, threshold candidates, block sums (float64: sums of probabilities
+    # accumulate in float64); counters must start at 0.
+    sizes = [rows * nsplit_p2 * 3, rows * 3, rows * tuning.cap if top_k or top_p else 0, b * nblk_p2]
+    part, stats, cand, bsum = torch.empty(sum(sizes), dtype=torch.float64, device=dev).split(sizes)
+    sizes = [rows + b, rows * nsplit_p2, rows, rows]
+    counters, part_arg, argmax, flags = torch.zeros(sum(sizes), dtype=torch.int32, device=dev).split(sizes)
+    n_accepted = torch.empty(b, dtype=torch.int64, device=dev)
+    tokens = torch.empty(b, g1, dtype=torch.int64, device=dev)
+    logits = target_logits.contiguous()
+    _verify_kernel[(b, g1, nsplit)](
+        logits, draft_tokens.contiguous(), logits if draft_probs is None else draft_probs.contiguous(),
+        uniforms.float().contiguous(), n_accepted, tokens,
+        part, part_arg, stats, argmax, flags, counters, cand, bsum,
+        b, g1 - 1, sampling.temperature if not greedy else 1.0, sampling.top_k,
+        torch.tensor(sampling.top_p, dtype=torch.float32).item(),  # the float32 value, interpreted too
+        V=vocab, GREEDY=greedy, TOP_K=top_k, TOP_P=top_p, STOCHASTIC=draft_probs is not None,
+        CHUNK=chunk, BLOCK_V=block_v, CAP=tuning.cap, P_ROW=tuning.pivots_row, P_CAND=tuning.pivots_cand,
+        NSPLIT_P2=nsplit_p2, NBLK_P2=nblk_p2, G1_P2=triton.next_power_of_2(g1), num_warps=tuning.num_warps,
+    )
+    return n_accepted, tokens

@@ -1,0 +1,187 @@
+"""The verifier: the reference against direct float64 computations, the Triton kernel against the reference.
+
+Without a GPU the kernel runs in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flashspec.config import SamplingConfig
+from flashspec.verify import process_logits, sample_from, verify, verify_reference, verify_triton
+from flashspec.verify.triton_kernel import Tuning
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SAMPLINGS = {
+    "greedy": SamplingConfig(),
+    "t1": SamplingConfig(temperature=1.0),
+    "topk50": SamplingConfig(temperature=1.0, top_k=50),
+    "topp0.9": SamplingConfig(temperature=1.0, top_p=0.9),
+    "t0.7_topp0.8": SamplingConfig(temperature=0.7, top_p=0.8),
+    "t0.7_topk100_topp0.8": SamplingConfig(temperature=0.7, top_k=100, top_p=0.8),
+}
+
+
+def make_inputs(b: int, g: int, vocab: int, sampling: SamplingConfig, stochastic: bool, seed: int):
+    """Random logits at an LLM-like scale; draft tokens half from the target (acceptances), half from q.
+    Row 0 drafts from the target itself (q = p when stochastic), so long acceptances and bonus samples
+    happen too."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, g + 1, vocab, generator=gen) * 3
+    p = process_logits(logits[:, :g], sampling)
+    q = torch.softmax(torch.randn(b, g, vocab, generator=gen) * 3, -1)
+    q[0] = p[0]
+    from_p = torch.multinomial(p.reshape(-1, vocab), 1, generator=gen).view(b, g)
+    from_q = torch.multinomial(q.reshape(-1, vocab), 1, generator=gen).view(b, g)
+    tokens = torch.where(torch.rand(b, g, generator=gen) < 0.5, from_p, from_q)
+    tokens[0] = from_p[0]
+    u = torch.rand(b, g + 1, generator=gen)
+    draft_probs = q if stochastic else None
+    return [x.to(DEVICE) if x is not None else None for x in (logits, tokens, draft_probs, u)]
+
+
+def assert_same_outcome(ours, theirs) -> None:
+    """Same n_accepted and the same tokens[:n + 1] per row (later entries are unspecified)."""
+    (n, tokens), (n_ref, tokens_ref) = ours, theirs
+    assert torch.equal(n.cpu(), n_ref.cpu())
+    for row, k in enumerate(n_ref.tolist()):
+        assert torch.equal(tokens[row, : k + 1].cpu(), tokens_ref[row, : k + 1].cpu()), f"row {row}, n={k}"
+
+
+# Every vocab size and gamma, every sampling mode and both draft kinds, without the full cross product
+# (the interpreter runs about a millisecond per operation).
+CASES = [
+    (32000, 1, "greedy", False),
+    (32000, 16, "t1", True),
+    (32000, 8, "t0.7_topk100_topp0.8", False),
+    (128256, 2, "topk50", True),
+    (128256, 4, "topp0.9", False),
+    (128256, 8, "t1", False),
+    (151936, 16, "greedy", True),
+    (151936, 4, "t0.7_topp0.8", True),
+]
+
+
+@pytest.mark.parametrize("vocab,gamma,mode,stochastic", CASES)
+def test_triton_matches_reference(vocab: int, gamma: int, mode: str, stochastic: bool) -> None:
+    args = make_inputs(2, gamma, vocab, SAMPLINGS[mode], stochastic, seed=vocab + gamma)
+    assert_same_outcome(verify_triton(*args[:3], SAMPLINGS[mode], args[3]),
+                        verify_reference(*args[:3], SAMPLINGS[mode], args[3]))
+
+
+# The GPU's launch shape on a small vocabulary: several chunks and blocks per row, and threshold searches
+# that pass over the row before the candidates fit in registers.
+GPU_LIKE = Tuning(block_v=256, chunk=1024, cap=64, pivots_row=2, pivots_cand=8, num_warps=4)
+
+
+@pytest.mark.parametrize("mode,stochastic", [("t1", True), ("t0.7_topk100_topp0.8", True), ("greedy", False)])
+def test_triton_matches_reference_in_gpu_launch_shape(mode: str, stochastic: bool) -> None:
+    args = make_inputs(2, 3, 3000, SAMPLINGS[mode], stochastic, seed=7)
+    assert_same_outcome(verify_triton(*args[:3], SAMPLINGS[mode], args[3], GPU_LIKE),
+                        verify_reference(*args[:3], SAMPLINGS[mode], args[3]))
+
+
+@pytest.mark.parametrize("impl", [verify_reference, verify_triton])
+def test_rejection_without_residual_mass_samples_the_target(impl) -> None:
+    # Greedy target, q one-hot at the argmax but a different token drafted: p(x) = q(x) = 0 rejects, and
+    # max(p - q, 0) is all zero, so the sample must come from p.
+    logits = torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(0))
+    best = logits.argmax(-1)
+    q = torch.nn.functional.one_hot(best[:, :1], 64).float()
+    n, tokens = impl(logits, (best[:, :1] + 1) % 64, q, SamplingConfig(), torch.full((1, 2), 0.5))
+    assert n.tolist() == [0] and tokens[0, 0] == best[0, 0]
+
+
+def test_greedy_accepts_exactly_the_argmax_prefix() -> None:
+    logits = torch.randn(4, 6, 100, generator=torch.Generator().manual_seed(1))
+    best = logits.argmax(-1)
+    drafts = best[:, :5].clone()
+    drafts[1, 2] = (drafts[1, 2] + 1) % 100
+    drafts[2, 0] = (drafts[2, 0] + 1) % 100
+    u = torch.rand(4, 6, generator=torch.Generator().manual_seed(2))
+    n, tokens = verify_reference(logits, drafts, None, SamplingConfig(), u)
+    assert n.tolist() == [5, 2, 0, 5]
+    for row, k in enumerate(n.tolist()):
+        assert torch.equal(tokens[row, : k + 1], best[row, : k + 1])
+
+
+def test_verify_on_cpu_is_the_reference() -> None:
+    args = make_inputs(2, 3, 500, SAMPLINGS["t1"], True, seed=3)
+    args = [a.cpu() for a in args]
+    sampling = SAMPLINGS["t1"]
+    assert_same_outcome(verify(*args[:3], sampling, args[3]), verify_reference(*args[:3], sampling, args[3]))
+
+
+# ---------------------------------------------------------------- logit processing and sampling
+
+
+def expected_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
+    """The Sampling contract, directly, in float64, one row at a time."""
+    z = logits.astype(np.float64) / temperature
+    keep = np.ones_like(z, dtype=bool)
+    if top_k:
+        keep = logits >= np.sort(logits)[::-1][top_k - 1]
+    p = np.where(keep, np.exp(z - z.max()), 0.0)
+    p /= p.sum()
+    if top_p < 1:
+        ordered = np.sort(p)[::-1]
+        at = ordered[np.argmax(np.cumsum(ordered) >= top_p)]
+        keep &= p >= at
+        p = np.where(keep, p, 0.0)
+        p /= p.sum()
+    return p
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.5, 0, 1.0), (1.0, 7, 1.0),
+                                                     (1.0, 0, 0.9), (0.7, 0, 0.5), (1.3, 20, 0.8)])
+def test_process_logits_matches_float64(temperature: float, top_k: int, top_p: float) -> None:
+    gen = torch.Generator().manual_seed(top_k + int(100 * top_p))
+    # Logits on a coarse grid: many exact ties, which top-k and top-p must keep together.
+    logits = (torch.randn(6, 200, generator=gen) * 4).round() / 2
+    probs = process_logits(logits, SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p))
+    assert probs.dtype == torch.float32
+    for row in range(6):
+        want = expected_probs(logits[row].numpy(), temperature, top_k, top_p)
+        assert np.array_equal(probs[row].numpy() > 0, want > 0)
+        np.testing.assert_allclose(probs[row].numpy(), want, rtol=1e-5, atol=1e-7)
+
+
+def test_process_logits_greedy_is_one_hot_at_the_first_argmax() -> None:
+    logits = torch.tensor([[0.0, 3.0, 1.0, 3.0], [5.0, 5.0, 5.0, 5.0]])
+    probs = process_logits(logits, SamplingConfig())
+    assert torch.equal(probs, torch.tensor([[0.0, 1, 0, 0], [1, 0, 0, 0]]))
+
+
+def test_sample_from_is_the_inverse_cdf() -> None:
+    probs = torch.tensor([0.1, 0.0, 0.3, 0.0, 0.6]).expand(7, 5)
+    u = torch.tensor([0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 0.9999])
+    cdf = np.cumsum([0.1, 0.0, 0.3, 0.0, 0.6])
+    # First index whose cumulative mass exceeds u * total: zero-mass tokens are never drawn.
+    want = np.searchsorted(cdf, u.numpy() * cdf[-1], side="right")
+    assert sample_from(probs, u).tolist() == want.tolist()
+    assert sample_from(probs * 3, u).tolist() == want.tolist()  # unnormalised mass is fine
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_non_finite_logits_are_rejected() -> None:
+    logits, tokens, _, u = make_inputs(1, 2, 50, SAMPLINGS["t1"], False, seed=0)
+    logits[0, 1, 3] = float("nan")
+    with pytest.raises(ValueError, match="non-finite logits"):
+        verify_reference(logits.cpu(), tokens.cpu(), None, SAMPLINGS["t1"], u.cpu())
+
+
+@pytest.mark.parametrize("impl", [verify_reference, verify_triton])
+def test_mismatched_shapes_are_rejected(impl) -> None:
+    logits, tokens, q, u = make_inputs(2, 3, 50, SAMPLINGS["t1"], True, seed=0)
+    with pytest.raises(ValueError, match="draft_tokens has shape"):
+        impl(logits, tokens[:, :2], q, SAMPLINGS["t1"], u)
+    with pytest.raises(ValueError, match="draft_probs has shape"):
+        impl(logits, tokens, q[..., :49], SAMPLINGS["t1"], u)
+    with pytest.raises(ValueError, match="uniforms has shape"):
+        impl(logits, tokens, q, SAMPLINGS["t1"], u[:, :3])
+    with pytest.raises(ValueError, match="int64"):
+        impl(logits, tokens.int(), q, SAMPLINGS["t1"], u)
