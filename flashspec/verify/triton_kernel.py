@@ -14,7 +14,6 @@ Non-finite logits are the caller's check (the engine folds it into its one host 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -24,8 +23,6 @@ from torch import Tensor
 from triton.runtime.jit import JITFunction
 
 from flashspec.verify.reference import check_inputs
-
-LOG2E = math.log2(math.e)  # still imported by tree_triton.py
 
 
 @triton.jit
