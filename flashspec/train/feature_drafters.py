@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from flashspec.config import TargetConfig
 from flashspec.models import load_hf
-from flashspec.train.distill import distill_windows
+from flashspec.train.distill import distill_split
 
 # One training step: a batch of windows -> (loss to minimise, per-position agreement metrics).
 LossFn = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]
@@ -109,11 +109,8 @@ def train_drafter(kind: str, make: Maker, target_path: str, out_dir: str, preset
     target, tokenizer = load_target(target_path, device)
     torch.manual_seed(seed)
     drafter, loss_fn, save = make(target)
-    # One call (it reads the corpus), then a random split: both halves mix greedy and sampled continuations.
-    data = distill_windows(target, tokenizer, cfg.windows + cfg.heldout, cfg.seq_len, seed, cfg.prompt_len,
-                           cfg.corpus_mb)
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).to(data.device)
-    heldout, windows = data[order[: cfg.heldout]], data[order[cfg.heldout :]]
+    windows, heldout = distill_split(target, tokenizer, cfg.windows, cfg.heldout, cfg.seq_len, seed,
+                                     cfg.prompt_len, cfg.corpus_mb)
     log(f"{kind}: {cfg.windows} + {cfg.heldout} self-distilled windows in {time.monotonic() - t0:.0f} s")
     before_loss, before = evaluate(loss_fn, heldout, cfg.batch_size)
     drafter.train()
