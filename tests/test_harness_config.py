@@ -26,12 +26,12 @@ def options() -> list[tuple[str, str]]:
     return [(d.name, f.stem) for d in sorted(CONF.iterdir()) if d.is_dir() for f in sorted(d.glob("*.yaml"))]
 
 
-def test_default_is_the_tiny_smoke_run():
+def test_default_is_the_family_smoke_run():
     cfg = typed()
     assert isinstance(cfg, RunConfig)
-    assert (cfg.target.model, cfg.target.device) == ("tiny", "cpu")
+    assert (cfg.target.model, cfg.target.device) == ("results/models/flashspec-target", "cpu")
     assert (cfg.dataset.name, cfg.dataset.limit) == ("mt_bench", 3)
-    assert cfg.arms.arms[1].model == "tiny-draft"  # the draft model follows the target's choice
+    assert cfg.arms.arms[1].model == "results/models/flashspec-draft-m"  # the draft follows the target's choice
 
 
 @pytest.mark.parametrize("group,option", options())

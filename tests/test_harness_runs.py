@@ -18,8 +18,8 @@ def data_dir(tmp_path_factory):
 
 
 def compose(data_dir, *overrides: str):
-    return schema.compose("dataset=custom", "dataset.name=t", "dataset.file=t.jsonl", f"data_dir={data_dir}",
-                          "max_new_tokens=6", "progress=false", *overrides)
+    return schema.compose("target=tiny", "dataset=custom", "dataset.name=t", "dataset.file=t.jsonl",
+                          f"data_dir={data_dir}", "max_new_tokens=6", "progress=false", *overrides)
 
 
 def run(tmp_path, data_dir, *overrides: str) -> pd.DataFrame:

@@ -16,6 +16,15 @@ from flashspec.models.tiny import BUILTIN, tiny_model, tiny_tokenizer
 
 __all__ = ["CausalLM", "Scores", "HFModel", "NativeLlama", "load_model", "load_hf"]
 
+# The project's shipped family (results/models/...) resolves from any working directory.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolve_name(name: str) -> str:
+    if Path(name).is_absolute() or Path(name).exists() or not (PROJECT_ROOT / name).exists():
+        return name
+    return str(PROJECT_ROOT / name)
+
 
 def load_hf(name: str, cfg: TargetConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The Hugging Face module and tokenizer for `name`, with a clear error for names that resolve nowhere."""
@@ -25,6 +34,7 @@ def load_hf(name: str, cfg: TargetConfig) -> tuple[PreTrainedModel, PreTrainedTo
     if name in BUILTIN:
         tokenizer = tiny_tokenizer()
         return tiny_model(name, len(tokenizer)).to(device=cfg.device, dtype=dtype), tokenizer
+    name = resolve_name(name)
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" and not Path(name).exists()
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
