@@ -75,7 +75,7 @@ def test_pass_at_1_of_greedy_speculative_equals_autoregressive(tmp_path, problem
     ar = run(tmp_path / "ar", "bandit=none", "baseline=false")
     spec = run(tmp_path / "spec", "bandit=ucb1", "gamma=4")  # with the AR baseline: matches_baseline
     assert len(ar) == len(spec) == PROBLEMS and set(ar.index) == {p["id"] for p in problems}
-    assert spec["alpha"].notna().all() and (spec["steps"] < spec["new_tokens"]).any()  # drafts were accepted
+    assert (spec["steps"] < spec["new_tokens"]).any()  # drafts were accepted
     assert spec["matches_baseline"].all()  # the same tokens, hence the same programs
     assert ar["passed"].isin([True, False]).all()
     pd.testing.assert_series_equal(ar["passed"], spec.loc[ar.index, "passed"])

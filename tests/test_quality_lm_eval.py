@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from lm_eval.api.instance import Instance
+from omegaconf import OmegaConf
 
-from flashspec import BanditConfig, FlashSpecConfig, SpeculativeEngine
+from flashspec import SpeculativeEngine
+from flashspec.harness import schema
 from flashspec.models.tiny import tiny_model, tiny_tokenizer
 from flashspec.quality.lm_eval_adapter import FlashSpecLM
 
@@ -21,9 +23,10 @@ MAX_GEN = 8
 STOP = "\n\n"
 
 
-def autoregressive(question: str) -> str:
-    engine = SpeculativeEngine(FlashSpecConfig(bandit=BanditConfig(policy="none")))
-    return engine.generate(question, max_new_tokens=MAX_GEN, stop=[STOP]).text
+def autoregressive(questions: list[str]) -> list[str]:
+    """The default model's answers, decoded by the engine without drafts."""
+    engine = SpeculativeEngine(schema.engine_config(OmegaConf.to_object(schema.compose("bandit=none"))))
+    return [engine.generate(q, max_new_tokens=MAX_GEN, stop=[STOP]).text for q in questions]
 
 
 def write_task(folder: Path, answers: list[str]) -> None:
@@ -42,16 +45,16 @@ def write_task(folder: Path, answers: list[str]) -> None:
 
 
 def test_lm_eval_cli_runs_a_generation_task_through_the_engine(tmp_path):
-    answers = [autoregressive(q) for q in QUESTIONS]
+    answers = autoregressive(QUESTIONS)
     write_task(tmp_path, answers)
     env = os.environ | {"PYTHONPATH": str(ROOT), "HF_DATASETS_CACHE": str(tmp_path / "cache")}
     args = [sys.executable, "-m", "flashspec.quality.lm_eval_adapter", "--model", "flashspec",
-            "--model_args", "target=tiny", "bandit=ucb1", "gamma=3", "--device", "cpu",
+            "--model_args", "bandit=ucb1", "gamma=3", "--device", "cpu",
             "--tasks", "flashspec_smoke", "--include_path", str(tmp_path), "--limit", "3",
             "--output_path", str(tmp_path / "out"), "--log_samples"]
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "flashspec (target=tiny bandit=ucb1 gamma=3): 3 requests" in done.stderr  # the engine decoded
+    assert "flashspec (bandit=ucb1 gamma=3): 3 requests" in done.stderr  # the engine decoded
     samples = [json.loads(line) for line in next((tmp_path / "out").rglob("samples_*.jsonl")).open()]
     # Greedy speculative decoding through lm_eval reproduces the engine's autoregressive answers exactly.
     assert [s["resps"][0][0] for s in sorted(samples, key=lambda s: s["doc_id"])] == answers
@@ -61,7 +64,7 @@ def test_lm_eval_cli_runs_a_generation_task_through_the_engine(tmp_path):
 
 @pytest.fixture(scope="module")
 def lm():
-    return FlashSpecLM(device="cpu", target="tiny", bandit="ucb1", gamma=2)
+    return FlashSpecLM(device="cpu", target="tiny", bandit="ucb1", gamma=2)  # compared with tiny's weights
 
 
 def request(kind: str, *args) -> Instance:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import subprocess
 import time
@@ -57,6 +58,7 @@ def run_info(cfg: RunConfig, run_id: str) -> dict:
     return {
         "run_id": run_id, "config_hash": config_hash(cfg), "seed": cfg.sampling.seed,
         "versions": versions(), "git_commit": git_commit(), "device": device_name(cfg.target.device),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # per worker under a GPU pool
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from flashspec.config import ArmConfig, BanditConfig, FlashSpecConfig, SamplingConfig, TargetConfig
+from flashspec.harness import gpus
 from flashspec.harness.data import PROJECT_ROOT, DatasetConfig
 
 METHODS = ("flashspec", "hf_generate")
@@ -63,6 +64,7 @@ def register() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     if not OmegaConf.has_resolver("dirname"):
         OmegaConf.register_new_resolver("dirname", dirname)
+    gpus.register_resolvers()
 
 
 def dirname(overrides: str) -> str:
