@@ -1,0 +1,62 @@
+"""scripts/readme_table.py: the README's results table comes from the result files, and says when there are
+none."""
+
+import json
+
+import pandas as pd
+import pytest
+from test_harness_analysis import script
+
+table = script("readme_table")
+README = "# project\n\nintro\n\n<!-- results-table -->\nstale\n<!-- /results-table -->\n\nafter\n"
+
+
+def metrics(path) -> None:
+    model = {"params": 9_327_360, "train_time_s": 209.8,
+             "heldout": {"code": {"loss": 1.8635}, "prose": {"loss": 2.3849}}}
+    path.write_text(json.dumps({"device": "GPU-X", "wall_time_s": 412.0, "models": {"target-a": model}}))
+
+
+def test_table_holds_the_measured_numbers_and_only_the_block_changes(tmp_path):
+    results, readme = tmp_path / "results", tmp_path / "README.md"
+    (results / "models").mkdir(parents=True)
+    (results / "h100").mkdir()
+    metrics(results / "models" / "metrics.json")
+    pd.DataFrame([{"shape": "llama3-8b", "prompt_tokens": 64, "impl": "flashspec", "tok_s": 180.04,
+                   "frac_roofline": 0.9123, "extra": 1}]).to_csv(results / "h100" / "ar.csv", index=False)
+    runs = [("mt_bench", "ucb1", 1.734), ("humaneval", "ucb1", 2.051), ("mt_bench", "autoregressive", 1.0)]
+    pd.DataFrame([{"dataset": d, "run": r, "speedup": s} for d, r, s in runs]).to_csv(
+        results / "h100" / "family.csv", index=False)
+    pd.DataFrame([{"a": 1}]).to_csv(results / "h100" / "verifier.csv", index=False)
+    env = {"device": "NVIDIA H200", "commit": "abcdef1234567890"}
+    (results / "h100" / "env.json").write_text(json.dumps(env))
+    readme.write_text(README)
+    assert table.main(["--readme", str(readme), "--results", str(results)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# project\n\nintro\n\n<!-- results-table -->\n") and text.endswith(
+        "<!-- /results-table -->\n\nafter\n")
+    assert "stale" not in text
+    assert "| target-a | 9.33 M | 1.86 | 2.38 | 210 |" in text
+    assert "| llama3-8b | 64 | flashspec | 180 | 91.2 |" in text
+    assert "| run | humaneval | mt_bench |" in text and "| ucb1 | 2.05 | 1.73 |" in text
+    assert "NVIDIA H200, commit `abcdef123456`" in text and "`verifier.csv`" in text
+    assert table.main(["--readme", str(readme), "--results", str(results), "--check"]) == 0  # idempotent
+    pd.DataFrame([{"dataset": "mt_bench", "run": "ucb1", "speedup": 1.5}]).to_csv(
+        results / "h100" / "family.csv", index=False)
+    assert table.main(["--readme", str(readme), "--results", str(results), "--check"]) == 1
+    assert readme.read_text() == text  # --check writes nothing
+
+
+def test_missing_results_are_said_to_be_missing(tmp_path):
+    text = table.replace_block(README, table.render(tmp_path))
+    assert "no `results/models/metrics.json` yet" in text and "no measurements in `results/h100/` yet" in text
+    assert "|" not in text  # no table without numbers
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="results-table"):
+        table.replace_block("# no markers\n", "x\n")
+    (tmp_path / "h100").mkdir()
+    pd.DataFrame([{"shape": "s", "tok_s": 1.0}]).to_csv(tmp_path / "h100" / "ar.csv", index=False)
+    with pytest.raises(ValueError, match=r"ar.csv has no column\(s\) \['prompt_tokens', 'impl', 'frac_"):
+        table.render(tmp_path)
