@@ -6,7 +6,8 @@
 Sources, each used only when present (a missing one is said to be missing, never filled in):
 results/models/metrics.json (the trained family), results/h100/ar.csv (autoregressive decoding against the
 memory roofline), results/h100/family.csv (speculative decoding of the trained family per prompt set) and
-results/h100/env.json (the GPU and commit they were measured on).
+results/h100/env.json (the GPU and commit they were measured on), and every CPU sweep's results.csv under
+results/cpu/ (summarised by the harness's own `summarize`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+
+from flashspec.harness.analysis import labelled, read_table, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results-table -->", "<!-- /results-table -->"
@@ -83,8 +86,20 @@ def gpu_sections(results: Path) -> list[str]:
     return out or ["**GPU decoding speed**: `results/h100/` holds none of ar.csv, family.csv."]
 
 
+def cpu_sections(results: Path) -> list[str]:
+    out: list[str] = []
+    for path in sorted((results / "cpu").glob("*/results.csv")):
+        table = summarize(labelled(read_table(path)), ["label", "dataset"])
+        table = table.rename(columns={"label": "method"}).drop(columns=["rows"])
+        readme = (path.parent.parent / "README.md").relative_to(results.parent)
+        where = f"`{path.relative_to(results.parent)}`, CPU; the command is in `{readme}`"
+        out += [f"**Speculative decoding of the trained family** ({where}):", "", *markdown(table), ""]
+    return out
+
+
 def render(results: Path) -> str:
-    return "\n".join([*family_section(results), "", *gpu_sections(results)]).strip() + "\n"
+    sections = [*family_section(results), "", *cpu_sections(results), *gpu_sections(results)]
+    return "\n".join(sections).strip() + "\n"
 
 
 def replace_block(text: str, block: str) -> str:
