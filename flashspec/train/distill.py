@@ -30,7 +30,8 @@ def corpus_prompts(
     refs = corpus.sample(corpus.discover(), max_mb)
     docs = [d for d in corpus.load_all(refs, os.cpu_count() or 1)
             if not corpus.is_heldout(d.key, FAMILY_HELDOUT_FRAC)]
-    ids = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
+    # Whole documents, longer than the model's context: only windows of them are used (no length warning).
+    ids = tokenizer([d.text for d in docs], add_special_tokens=False, verbose=False)["input_ids"]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     stream = torch.from_numpy(np.concatenate([np.asarray(i + eos, dtype=np.int64) for i in ids if i]))
     if len(stream) <= length:
