@@ -53,7 +53,9 @@ def engine_with(monkeypatch, sampling: SamplingConfig, gamma: int) -> Speculativ
     target, draft = tables(0)
     monkeypatch.setattr(engine_module, "load_model", lambda name, cfg: (BigramLM(target), NoTokenizer()))
     monkeypatch.setattr(engine_module, "build_arm", lambda *a: DraftModelArm(BigramLM(draft)))
-    cfg = FlashSpecConfig(arms=[ArmConfig("draft_model")], gammas=[gamma], bandit=BanditConfig("fixed"), sampling=sampling)
+    cfg = FlashSpecConfig(
+        arms=[ArmConfig("draft_model")], gammas=[gamma], bandit=BanditConfig("fixed"), sampling=sampling
+    )
     return SpeculativeEngine(cfg)
 
 
