@@ -13,7 +13,7 @@ from flashspec.arms import build_arm
 from flashspec.arms.streaming import StreamingArm
 from flashspec.drafters.streaming import PROJECTIONS, StreamingDrafter, save_streaming
 from flashspec.models import load_model
-from flashspec.train.streaming import teacher_context
+from flashspec.train.streaming import streaming_states, teacher
 from flashspec.verify import process_logits
 
 MAX_CONTEXT = 96
@@ -51,7 +51,8 @@ def test_arm_drafts_what_training_computes():
     draft = arm.propose(context, 3, sampling, torch.Generator().manual_seed(0))
     t = len(context) - 1
     with torch.no_grad():
-        anchors_in, kv, _ = teacher_context(target.model, drafter.first, context[None, :-1])
+        states = streaming_states(target.model, drafter.first, context[None, :-1])
+        anchors_in, kv, _ = teacher(target.model, drafter.first, states)
         visible = torch.ones(1, t, dtype=torch.bool)
         logits = drafter(anchors_in[:, [t - 1]], torch.tensor([t - 1]), kv, visible)
     torch.testing.assert_close(draft.probs, process_logits(logits[0, 0], sampling))

@@ -13,26 +13,35 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from flashspec.drafters.eagle import EagleHead, head_config, save_eagle
+from flashspec.train.distill import target_hidden
 from flashspec.train.feature_drafters import train_drafter
 
 NOISE = 0.1  # EAGLE's U(-0.1, 0.1) feature augmentation
 CLS_WEIGHT = 0.1
 
 
-def eagle_loss(head: EagleHead, target: PreTrainedModel, batch: Tensor, generator: torch.Generator,
+@torch.no_grad()
+def eagle_states(target: PreTrainedModel, windows: Tensor, chunk: int = 64) -> Tensor:
+    """[n, 2, S, D] per window: the embeddings of its tokens and the target's features (last hidden state,
+    after the final norm, as Scores.hidden): all the head trains on."""
+    return torch.stack([target.get_input_embeddings()(windows), target_hidden(target, windows, chunk)], 1)
+
+
+def eagle_loss(head: EagleHead, target: PreTrainedModel, states: Tensor, generator: torch.Generator,
                noise: float = NOISE) -> tuple[Tensor, Tensor]:
-    """The EAGLE loss over windows `batch` [B, S], and the head's top-1 agreement with the target ([1])."""
+    """The EAGLE loss over windows' states [B, 2, S, D] (eagle_states), and the head's top-1 agreement with
+    the target ([1])."""
+    embeds, features = states[:, 0], states[:, 1]
+    lm_head = target.get_output_embeddings()
     with torch.no_grad():
-        out = target(input_ids=batch, output_hidden_states=True)
-    features = out.hidden_states[-1]  # after the final norm, as Scores.hidden
-    p = out.logits[:, 1:].float().softmax(-1)
+        p = lm_head(features[:, 1:]).float().softmax(-1)  # the target's distribution of x_{i+2}
     jitter = (torch.rand(features[:, :-1].shape, generator=generator) * 2 - 1) * noise
     inputs = features[:, :-1] + jitter.to(features.device, features.dtype)
-    n = batch.shape[1] - 1
-    positions = torch.arange(n, device=batch.device)[None].expand(len(batch), -1)
-    mask = torch.ones(n, n, dtype=torch.bool, device=batch.device).tril()
-    predicted, _, _ = head(inputs, target.get_input_embeddings()(batch[:, 1:]), positions, mask)
-    log_q = target.get_output_embeddings()(predicted).float().log_softmax(-1)
+    n = features.shape[1] - 1
+    positions = torch.arange(n, device=features.device)[None].expand(len(features), -1)
+    mask = torch.ones(n, n, dtype=torch.bool, device=features.device).tril()
+    predicted, _, _ = head(inputs, embeds[:, 1:], positions, mask)
+    log_q = lm_head(predicted).float().log_softmax(-1)
     regression = F.smooth_l1_loss(predicted.float(), features[:, 1:].float())
     classification = -(p * log_q).sum(-1).mean()
     agreement = (log_q.argmax(-1) == p.argmax(-1)).float().mean()
@@ -44,7 +53,8 @@ def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: s
     """Train an EAGLE head for the target at `target_path` into `out_dir`; returns the training record."""
     def make(target: PreTrainedModel):
         head = EagleHead(head_config(target.config)).to(target.device)
-        return (head, lambda batch, g: eagle_loss(head, target, batch, g),
+        return (head, lambda windows: eagle_states(target, windows),
+                lambda states, g: eagle_loss(head, target, states, g),
                 lambda path, record: save_eagle(path, head, target.config, record))
 
     return train_drafter("eagle", make, target_path, str(out_dir), preset, device, seed)

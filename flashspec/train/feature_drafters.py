@@ -94,8 +94,12 @@ def evaluate(loss_fn: LossFn, windows: Tensor, batch_size: int, seed: int = 0) -
     return sum(losses) / len(losses), torch.stack(metrics).mean(0).tolist()
 
 
-# make(target) -> the drafter module, its loss, and how to save it (path, training record).
-Maker = Callable[[PreTrainedModel], tuple[torch.nn.Module, LossFn, Callable[[str, dict], object]]]
+# make(target) -> the drafter module; what it trains on per window (a function of the windows, computed once:
+# the target's states, so training steps run no target forward); its loss over those; how to save it.
+Maker = Callable[
+    [PreTrainedModel],
+    tuple[torch.nn.Module, Callable[[Tensor], Tensor], LossFn, Callable[[str, dict], object]],
+]
 
 
 def train_drafter(kind: str, make: Maker, target_path: str, out_dir: str, preset: str, device: str | None,
@@ -108,9 +112,10 @@ def train_drafter(kind: str, make: Maker, target_path: str, out_dir: str, preset
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     target, tokenizer = load_target(target_path, device)
     torch.manual_seed(seed)
-    drafter, loss_fn, save = make(target)
+    drafter, states, loss_fn, save = make(target)
     windows, heldout = distill_split(target, tokenizer, cfg.windows, cfg.heldout, cfg.seq_len, seed,
                                      cfg.prompt_len, cfg.corpus_mb)
+    windows, heldout = states(windows), states(heldout)
     log(f"{kind}: {cfg.windows} + {cfg.heldout} self-distilled windows in {time.monotonic() - t0:.0f} s")
     before_loss, before = evaluate(loss_fn, heldout, cfg.batch_size)
     drafter.train()

@@ -1,12 +1,12 @@
 """Train the Speculative Streaming drafter: LoRA on the target's top N layers plus gamma stream embeddings,
 on the future n-gram objective, distilled from the frozen target.
 
-One forward of the target over a window gives everything: the residual stream entering layer L - N at
-every position (the streams' input), the top layers' keys and values of the context (recomputed from their
-inputs, exactly as the target's KV cache holds them at inference), and the target's next-token
-distribution p at every position. At a sample of anchors t, stream j is trained to match p at position
-t + 1 + j (the target's distribution of x_{t+2+j} given the true prefix): cross-entropy with soft labels,
-where the paper uses the ground-truth tokens.
+One forward of the target over a window, done once before training, gives everything: the residual stream
+entering layer L - N at every position (the streams' input), the top layers' keys and values of the
+context (recomputed from their inputs, exactly as the target's KV cache holds them at inference), and the
+target's next-token distribution p at every position (from its final hidden state). At a sample of
+anchors t, stream j is trained to match p at position t + 1 + j (the target's distribution of x_{t+2+j}
+given the true prefix): cross-entropy with soft labels, where the paper uses the ground-truth tokens.
 """
 
 from __future__ import annotations
@@ -39,34 +39,41 @@ PRESETS = {
 
 
 @torch.no_grad()
-def teacher_context(target: PreTrainedModel, first: int, batch: Tensor) -> tuple[Tensor, list, Tensor]:
-    """For windows `batch` [B, S]: the residual stream entering layer `first` [B, S, D], the keys and values
-    of layers first.. as the target's KV cache holds them ([B, Hkv, S, hd] each), and p [B, S, V]."""
-    out = target(input_ids=batch, output_hidden_states=True)
+def streaming_states(target: PreTrainedModel, first: int, windows: Tensor, chunk: int = 64) -> Tensor:
+    """[n, N + 1, S, D] per window: the inputs of the top layers first.. (the first one is the streams'
+    anchor state; all give the context's keys and values) and the final hidden state (the teacher)."""
+    return torch.cat([torch.stack(target(input_ids=w, output_hidden_states=True).hidden_states[first:], 1)
+                      for w in windows.split(chunk)])
+
+
+@torch.no_grad()
+def teacher(target: PreTrainedModel, first: int, states: Tensor) -> tuple[Tensor, list, Tensor]:
+    """From streaming_states [B, N + 1, S, D]: the anchor states [B, S, D], the keys and values of the top
+    layers as the target's KV cache holds them ([B, Hkv, S, hd] each), and the target's p [B, S, V]."""
     lm = target.model
-    positions = torch.arange(batch.shape[1], device=batch.device)[None].expand(len(batch), -1)
-    cos, sin = lm.rotary_emb(out.hidden_states[first], positions)
+    seq = states.shape[2]
+    positions = torch.arange(seq, device=states.device)[None].expand(len(states), -1)
+    cos, sin = lm.rotary_emb(states[:, 0], positions)
     context = []
-    for i in range(first, len(lm.layers)):
-        layer = lm.layers[i]
-        _, k, v = project(layer.self_attn, layer.input_layernorm(out.hidden_states[i]), cos, sin)
+    for i, layer in enumerate(lm.layers[first:]):
+        _, k, v = project(layer.self_attn, layer.input_layernorm(states[:, i]), cos, sin)
         context.append((k, v))
-    return out.hidden_states[first], context, out.logits.float().softmax(-1)
+    return states[:, 0], context, target.lm_head(states[:, -1]).float().softmax(-1)
 
 
 def streaming_loss(
-    drafter: StreamingDrafter, target: PreTrainedModel, batch: Tensor, n_anchors: int,
+    drafter: StreamingDrafter, target: PreTrainedModel, states: Tensor, n_anchors: int,
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor]:
-    """Soft cross-entropy of the streams at `n_anchors` random anchors per window, and each stream's top-1
-    agreement with the target ([gamma])."""
-    anchors_in, context, p = teacher_context(target, drafter.first, batch)
-    seq = batch.shape[1]
+    """Soft cross-entropy of the streams at `n_anchors` random anchors per window (states: streaming_states),
+    and each stream's top-1 agreement with the target ([gamma])."""
+    anchors_in, context, p = teacher(target, drafter.first, states)
+    seq = states.shape[2]
     # Anchors t <= S - 2, so that at least stream 0's label (p at t + 1) lies inside the window.
-    anchors = torch.randperm(seq - 1, generator=generator)[:n_anchors].sort().values.to(batch.device)
-    visible = torch.arange(seq, device=batch.device)[None, :] <= anchors[:, None]
+    anchors = torch.randperm(seq - 1, generator=generator)[:n_anchors].sort().values.to(states.device)
+    visible = torch.arange(seq, device=states.device)[None, :] <= anchors[:, None]
     logits = drafter(anchors_in[:, anchors], anchors, context, visible).float()
-    label_at = anchors[:, None] + 1 + torch.arange(drafter.n_streams, device=batch.device)  # [A, gamma]
+    label_at = anchors[:, None] + 1 + torch.arange(drafter.n_streams, device=states.device)  # [A, gamma]
     valid = (label_at < seq).float()
     labels = p[:, label_at.clamp(max=seq - 1)]  # [B, A, gamma, V]
     loss = -(labels * logits.log_softmax(-1)).sum(-1)
@@ -86,7 +93,8 @@ def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: s
 
     def make(target: PreTrainedModel):
         drafter = StreamingDrafter(target, shape.n_layers, shape.n_streams, default_lora(shape.rank))
-        return (drafter, lambda batch, g: streaming_loss(drafter, target, batch, shape.anchors, g),
+        return (drafter, lambda windows: streaming_states(target, drafter.first, windows),
+                lambda states, g: streaming_loss(drafter, target, states, shape.anchors, g),
                 lambda path, record: save_streaming(path, drafter, target, record))
 
     return train_drafter("streaming", make, target_path, str(out_dir), preset, device, seed)
