@@ -166,6 +166,9 @@ def _threshold(x_row, V: tl.constexpr, lo, hi, n_in, mass_in, zm, T, target, can
 def _residual(x_row, q_row, offs, x_n, q_on, zm, inv_mass, tau, T, V: tl.constexpr, STOCHASTIC: tl.constexpr):
     """max(p - q, 0) at `offs`; q is the draft row (one-hot at x_n when deterministic), or 0 when not q_on."""
     in_v = offs < V
+    # Broadcast the int32 flag to a vector before comparing: Triton 3.9's interpreter turns scalar-bool & vector
+    # into an int32 mask, which tl.load rejects.
+    q_on = (offs * 0 + q_on) != 0
     x = tl.load(x_row + offs, mask=in_v, other=-float("inf")).to(tl.float32)
     p = tl.where(in_v & (x >= tau), _exp(x, zm, T) * inv_mass, 0.0)
     if STOCHASTIC:
@@ -205,7 +208,7 @@ def _sample_residual(x_row, q_row, x_n, q_on, zm, inv_mass, tau, T, u, bsum_ptr,
     Cumulative sums run in float64, as in the reference, so the summation order does not show."""
     bs = _block_sums(x_row, q_row, x_n, q_on, zm, inv_mass, tau, T, V, bsum_ptr, STOCHASTIC, BLOCK_V, NBLK_P2)
     # No residual mass: p == q up to rounding, so the rejection had probability 0; sample p instead.
-    q_on = q_on & (tl.sum(bs, 0) > 0)
+    q_on = q_on * (tl.sum(bs, 0) > 0).to(tl.int32)
     if tl.sum(bs, 0) <= 0:
         bs = _block_sums(x_row, q_row, x_n, q_on, zm, inv_mass, tau, T, V, bsum_ptr, STOCHASTIC, BLOCK_V,
                          NBLK_P2)
@@ -323,7 +326,7 @@ def _finish_batch_row(b, G, T, logits_ptr, draft_tokens_ptr, draft_probs_ptr, un
         x_n = tl.load(draft_tokens_ptr + b * G + n, mask=n < G, other=-1)
         x_row = logits_ptr + rn.to(tl.int64) * V
         q_row = draft_probs_ptr + (b * G + n).to(tl.int64) * V  # read only when n < G
-        token = _sample_residual(x_row, q_row, x_n, n < G, zm, inv_mass, tau, T,
+        token = _sample_residual(x_row, q_row, x_n, (n < G).to(tl.int32), zm, inv_mass, tau, T,
                                  tl.load(uniforms_ptr + first + G), bsum_ptr, V, STOCHASTIC, BLOCK_V, NBLK_P2)
     drafts = tl.load(draft_tokens_ptr + b * G + i, mask=i < G, other=0)
     tl.store(tokens_ptr + first + i, tl.where((i == n) | (i == G), token.to(tl.int64), drafts), mask=i <= G)
