@@ -55,7 +55,7 @@ def path_children(arm: EagleArm, context: torch.Tensor, path: list[int]) -> tupl
     """The head's top-k children (and log-probs) after `path`, computed without a cache or a tree mask: the
     committed entries from the target's features, then each path token fed its predecessor's output."""
     t = len(context) - 1
-    features, tokens = arm.features[:t], context[1 : t + 1]
+    features, tokens = arm.features.values[:t], context[1 : t + 1]
     for step in range(len(path) + 1):
         n = len(tokens)
         mask = torch.ones(n, n, dtype=torch.bool).tril()

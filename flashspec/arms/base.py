@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from flashspec.config import SamplingConfig
@@ -39,3 +40,25 @@ class Arm(ABC):
 
     def observe(self, context: Tensor, draft: Draft, n_accepted: int) -> None:
         """The target kept the first `n_accepted` tokens of this arm's last `draft`; `context` is now committed."""
+
+
+class TargetStates:
+    """The target's last hidden state at each committed position, as handed to `Arm.observe_target`: what the
+    arms that draft from the target's features (EAGLE, Medusa) read."""
+
+    def __init__(self, max_context: int, width: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.values = torch.zeros(max_context, width, device=device, dtype=dtype)
+        self.known = 0  # states known for positions [0, known)
+
+    def write(self, start: int, hidden: Tensor) -> None:
+        self.values[start : start + len(hidden)] = hidden
+        self.known = start + len(hidden)
+
+    def upto(self, t: int, arm: str) -> Tensor:
+        """The states of positions [0, t); an engine that skipped `observe_target` is a bug, named here."""
+        if self.known < t:
+            raise RuntimeError(
+                f"the {arm} arm knows the target's hidden states up to position {self.known}, needs {t}: the "
+                "engine must hand every target forward's kept rows to observe_target"
+            )
+        return self.values[:t]

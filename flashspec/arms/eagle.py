@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from flashspec.arms.base import Arm, Draft
+from flashspec.arms.base import Arm, Draft, TargetStates
 from flashspec.config import ArmConfig, SamplingConfig
 from flashspec.drafters.eagle import EagleHead, load_eagle
 from flashspec.models.base import CausalLM, Scores
@@ -43,36 +43,29 @@ class EagleArm(Arm):
         self.tree = top_k > 1  # several children per node: token trees, which the target must verify
         cfg = head.config
         p = next(head.parameters())
-        self.features = torch.zeros(max_context, cfg.hidden_size, device=p.device, dtype=p.dtype)
+        self.features = TargetStates(max_context, cfg.hidden_size, p.device, p.dtype)
         # Room for the committed entries plus the tree's: at most top_k fed nodes per depth.
         shape = (1, cfg.num_key_value_heads, max_context + depth * top_k, cfg.head_dim)
         self.keys = torch.zeros(shape, device=p.device, dtype=p.dtype)
         self.values = torch.zeros(shape, device=p.device, dtype=p.dtype)
-        self.known = 0  # target features known for positions [0, known)
         self.fed = 0  # head cache entries [0, fed) were computed from real features
 
     def begin(self, prompt: Tensor) -> None:
-        self.known = self.fed = 0
+        self.features.known = self.fed = 0
 
     def observe_target(self, start: int, scores: Scores) -> None:
-        n = len(scores.hidden)
-        self.features[start : start + n] = scores.hidden
-        self.known = start + n
+        self.features.write(start, scores.hidden)
         self.fed = min(self.fed, start)
 
     @torch.inference_mode()
     def propose(self, context: Tensor, gamma: int, sampling: SamplingConfig, generator) -> Draft:
         t = len(context) - 1
-        if self.known < t:
-            raise RuntimeError(
-                f"the EAGLE arm knows the target's features up to position {self.known}, needs {t}: the "
-                "engine must hand every target forward's kept rows to observe_target"
-            )
+        features = self.features.upto(t, self.name)
         # Re-feed at least the last entry: its output is the root the draft grows from.
         start = min(self.fed, t - 1)
         causal = torch.ones(t - start, t, dtype=torch.bool).tril(start)
         positions = torch.arange(start, t)
-        root = self._run(self.features[start:t], context[start + 1 : t + 1], positions, start, causal)
+        root = self._run(features[start:t], context[start + 1 : t + 1], positions, start, causal)
         self.fed = t
         if self.top_k == 1:
             return self._chain(root[-1], t, gamma, sampling, generator)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flashspec.arms.base import Arm, Draft
+from flashspec.arms.base import Arm, Draft, TargetStates
 from flashspec.config import ArmConfig, SamplingConfig
 from flashspec.drafters.medusa import MedusaHeads, load_medusa, tree_tensors
 from flashspec.models.base import CausalLM, Scores
@@ -44,28 +44,21 @@ class MedusaArm(Arm):
         device = heads.block_weight.device
         self.depth, self.rank = depth.to(device), rank.to(device)
         width, dtype = heads.block_weight.shape[-1], heads.block_weight.dtype
-        self.states = torch.zeros(max_context, width, device=device, dtype=dtype)
-        self.known = 0  # hidden states known for positions [0, known)
+        self.states = TargetStates(max_context, width, device, dtype)
 
     def begin(self, prompt: Tensor) -> None:
-        self.known = 0
+        self.states.known = 0
 
     def observe_target(self, start: int, scores: Scores) -> None:
-        n = len(scores.hidden)
-        self.states[start : start + n] = scores.hidden
-        self.known = start + n
+        self.states.write(start, scores.hidden)
 
     @torch.inference_mode()
     def propose(self, context: Tensor, gamma: int, sampling: SamplingConfig, generator) -> Draft:
         t = len(context) - 1
-        if self.known < t:
-            raise RuntimeError(
-                f"the medusa arm knows the target's hidden states up to position {self.known}, needs {t}: "
-                "the engine must hand every target forward's kept rows to observe_target"
-            )
+        last = self.states.upto(t, self.name)[t - 1]
         n = min(gamma, len(self.parents))
         depth, rank = self.depth[:n], self.rank[:n]
-        logits = self.heads(self.states[t - 1], heads=int(depth.max()))  # [K, V]
+        logits = self.heads(last, heads=int(depth.max()))  # [K, V]
         if sampling.greedy or self.siblings == "top_k":
             top = logits.topk(int(rank.max()) + 1, dim=-1).indices
             return Draft(top[depth - 1, rank], None, self.parents[:n])

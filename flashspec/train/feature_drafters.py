@@ -94,6 +94,23 @@ def evaluate(loss_fn: LossFn, windows: Tensor, batch_size: int, seed: int = 0) -
     return sum(losses) / len(losses), torch.stack(metrics).mean(0).tolist()
 
 
+def training_record(kind: str, target_path: str, preset: str, seed: int, device: str, cfg: FitConfig, stats: dict,
+                    before: tuple[float, list[float]], after: tuple[float, list[float]], t0: float,
+                    **extra: object) -> dict:
+    """The JSON record saved beside a self-distilled drafter: where its data came from, the fit's statistics,
+    held-out loss and top-1 agreement before and after training."""
+    return {
+        "kind": kind, "target": target_path, "preset": preset, "seed": seed, "device": device, **extra,
+        "data": {"source": "self-distilled: corpus windows (training split) continued by the target, half "
+                           "greedy, half at temperature 1", "windows": cfg.windows,
+                 "heldout_windows": cfg.heldout, "seq_len": cfg.seq_len, "prompt_len": cfg.prompt_len},
+        **stats, "heldout_loss_before": round(before[0], 4), "heldout_loss": round(after[0], 4),
+        "heldout_top1_agreement_before": [round(a, 4) for a in before[1]],
+        "heldout_top1_agreement": [round(a, 4) for a in after[1]],
+        "wall_time_s": round(time.monotonic() - t0, 1),
+    }
+
+
 # make(target) -> the drafter module; what it trains on per window (a function of the windows, computed once:
 # the target's states, so training steps run no target forward); its loss over those; how to save it.
 Maker = Callable[
@@ -122,16 +139,8 @@ def train_drafter(kind: str, make: Maker, target_path: str, out_dir: str, preset
     stats = fit([p for p in drafter.parameters() if p.requires_grad], loss_fn, windows, cfg, seed)
     drafter.eval()
     after_loss, after = evaluate(loss_fn, heldout, cfg.batch_size)
-    record = {
-        "kind": kind, "target": target_path, "preset": preset, "seed": seed, "device": device,
-        "data": {"source": "self-distilled: corpus windows (training split) continued by the target, half "
-                           "greedy, half at temperature 1", "windows": cfg.windows,
-                 "heldout_windows": cfg.heldout, "seq_len": cfg.seq_len, "prompt_len": cfg.prompt_len},
-        **stats, "heldout_loss_before": round(before_loss, 4), "heldout_loss": round(after_loss, 4),
-        "heldout_top1_agreement_before": [round(a, 4) for a in before],
-        "heldout_top1_agreement": [round(a, 4) for a in after],
-        "wall_time_s": round(time.monotonic() - t0, 1),
-    }
+    record = training_record(kind, target_path, preset, seed, device, cfg, stats, (before_loss, before),
+                             (after_loss, after), t0)
     save(out_dir, record)
     log(f"{kind}: held-out top-1 agreement {record['heldout_top1_agreement']} "
         f"(untrained {record['heldout_top1_agreement_before']}) -> {out_dir}")

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from flashspec.drafters.medusa import MedusaHeads, save_medusa
 from flashspec.train.distill import distill_split, target_hidden
-from flashspec.train.feature_drafters import FIT, evaluate, fit, load_target, log
+from flashspec.train.feature_drafters import FIT, evaluate, fit, load_target, log, training_record
 
 DECAY = 0.8  # Medusa's weight decay over the heads: later heads are harder and matter less
 RANKS = 8  # candidates per head whose accuracy shapes the tree
@@ -93,17 +93,9 @@ def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: s
     heads.eval()
     after_loss, after = evaluate(loss_fn, heldout_hidden, cfg.batch_size)
     accuracy = rank_accuracy(heads, heldout_hidden, cfg.batch_size)
-    record = {
-        "kind": "medusa", "target": target_path, "preset": preset, "seed": seed, "device": device,
-        "heads": shape.heads, "rank": shape.rank, "params": sum(p.numel() for p in heads.parameters()),
-        "data": {"source": "self-distilled: corpus windows (training split) continued by the target, half "
-                           "greedy, half at temperature 1", "windows": cfg.windows,
-                 "heldout_windows": cfg.heldout, "seq_len": cfg.seq_len, "prompt_len": cfg.prompt_len},
-        **stats, "heldout_loss_before": round(before_loss, 4), "heldout_loss": round(after_loss, 4),
-        "heldout_top1_agreement_before": [round(a, 4) for a in before],
-        "heldout_top1_agreement": [round(a, 4) for a in after],
-        "wall_time_s": round(time.monotonic() - t0, 1),
-    }
+    record = training_record("medusa", target_path, preset, seed, device, cfg, stats, (before_loss, before),
+                             (after_loss, after), t0, heads=shape.heads, rank=shape.rank,
+                             params=sum(p.numel() for p in heads.parameters()))
     save_medusa(out_dir, heads, target.config, [[round(a, 4) for a in row] for row in accuracy], record)
     log(f"medusa: held-out top-1 agreement {record['heldout_top1_agreement']} "
         f"(untrained {record['heldout_top1_agreement_before']}) -> {out_dir}")

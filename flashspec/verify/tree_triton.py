@@ -26,12 +26,13 @@ from flashspec.verify.tree import check_parents, check_tree_inputs
 from flashspec.verify.triton_kernel import (
     GPU,
     INTERPRETER,
+    Launch,
     Tuning,
     _arrive_last,
-    _chunk_stats,
     _exp,
     _finish_row,
     _first_above,
+    _store_chunk_stats,
 )
 
 
@@ -166,12 +167,7 @@ def _tree_kernel(
     row = tl.program_id(0)
     c = tl.program_id(1)
     x_row = logits_ptr + row.to(tl.int64) * V
-    m, s, lo, am = _chunk_stats(x_row, V, c * CHUNK, T, GREEDY, CHUNK, BLOCK_V)
-    slot = row * NSPLIT_P2 + c
-    tl.store(part_ptr + slot * 3, m)
-    tl.store(part_ptr + slot * 3 + 1, s)
-    tl.store(part_ptr + slot * 3 + 2, lo)
-    tl.store(part_arg_ptr + slot, am)
+    _store_chunk_stats(x_row, row, c, part_ptr, part_arg_ptr, V, T, GREEDY, CHUNK, BLOCK_V, NSPLIT_P2)
     nsplit = tl.cdiv(V, CHUNK)
     if _arrive_last(counters_ptr + row, nsplit):
         # The chain kernel's row finisher with G = 0: the row's statistics, no chain draft to test.
@@ -212,18 +208,12 @@ def verify_tree_triton(
             f"verify_tree_triton got {dev} tensors, but Triton compiles for GPUs only: set TRITON_INTERPRET=1"
             " before anything imports triton (tests/conftest.py does), or use verify_tree_reference"
         )
-    tuning = tuning or (GPU if on_gpu else INTERPRETER)
-    block_v = min(tuning.block_v, triton.next_power_of_2(vocab))
-    nblk = triton.cdiv(vocab, block_v)
-    chunk = block_v * min(triton.cdiv(tuning.chunk, block_v), nblk)
-    nsplit = triton.cdiv(vocab, chunk)
-    greedy = sampling.temperature == 0
-    top_k = not greedy and 0 < sampling.top_k < vocab
-    top_p = not greedy and sampling.top_p < 1
-    nsplit_p2, nblk_p2 = triton.next_power_of_2(nsplit), triton.next_power_of_2(nblk)
+    shape = Launch.of(vocab, sampling, tuning or (GPU if on_gpu else INTERPRETER))
+    nsplit_p2 = triton.next_power_of_2(shape.nsplit)
     # Workspace: chunk partials, row stats, threshold candidates, block sums (float64, as the chain kernel's),
     # the residual (float32); counters start at 0.
-    sizes = [n1 * nsplit_p2 * 3, n1 * 3, n1 * tuning.cap if top_k or top_p else 0, nblk_p2]
+    cap = shape.tuning.cap if shape.top_k or shape.top_p else 0
+    sizes = [n1 * nsplit_p2 * 3, n1 * 3, n1 * cap, triton.next_power_of_2(shape.nblk)]
     part, stats, cand, bsum = torch.empty(sum(sizes), dtype=torch.float64, device=dev).split(sizes)
     buf = torch.empty(vocab, dtype=torch.float32, device=dev)
     sizes = [n1 + 1, n1 * nsplit_p2, n1]
@@ -232,15 +222,12 @@ def verify_tree_triton(
     path = torch.empty(n1 - 1, dtype=torch.int64, device=dev)
     out_tokens = torch.empty(n1, dtype=torch.int64, device=dev)
     logits = target_logits.contiguous()
-    _tree_kernel[(n1, nsplit)](
+    _tree_kernel[(n1, shape.nsplit)](
         logits, tokens.to(dev).contiguous(), parents.to(dev, non_blocking=True).contiguous(),
         logits if draft_probs is None else draft_probs.contiguous(), uniforms.float().contiguous(),
         n_accepted, path, out_tokens,
         part, part_arg, stats, argmax, counters, cand, buf, bsum,
-        n1 - 1, 1.0 if greedy else sampling.temperature, sampling.top_k,
-        torch.tensor(sampling.top_p, dtype=torch.float32).item(),  # exactly the float32 value, as the chain's
-        V=vocab, GREEDY=greedy, TOP_K=top_k, TOP_P=top_p, STOCHASTIC=draft_probs is not None,
-        CHUNK=chunk, BLOCK_V=block_v, CAP=tuning.cap, P_ROW=tuning.pivots_row, P_CAND=tuning.pivots_cand,
-        NSPLIT_P2=nsplit_p2, NBLK_P2=nblk_p2, N_P2=triton.next_power_of_2(n1), num_warps=tuning.num_warps,
+        n1 - 1, *shape.scalars(sampling),
+        **shape.constants(draft_probs is not None), N_P2=triton.next_power_of_2(n1),
     )
     return n_accepted, path, out_tokens

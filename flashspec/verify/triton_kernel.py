@@ -66,6 +66,18 @@ def _chunk_stats(x_row, V: tl.constexpr, start, T, GREEDY: tl.constexpr, CHUNK: 
 
 
 @triton.jit
+def _store_chunk_stats(x_row, row, c, part_ptr, part_arg_ptr, V: tl.constexpr, T, GREEDY: tl.constexpr,
+                       CHUNK: tl.constexpr, BLOCK_V: tl.constexpr, NSPLIT_P2: tl.constexpr):
+    """Chunk c's statistics of logits row `row`, into its slot of the per-row partials."""
+    m, s, lo, am = _chunk_stats(x_row, V, c * CHUNK, T, GREEDY, CHUNK, BLOCK_V)
+    slot = row * NSPLIT_P2 + c
+    tl.store(part_ptr + slot * 3, m)
+    tl.store(part_ptr + slot * 3 + 1, s)
+    tl.store(part_ptr + slot * 3 + 2, lo)
+    tl.store(part_arg_ptr + slot, am)
+
+
+@triton.jit
 def _pivots(lo, hi, P: tl.constexpr):
     """P increasing pivots: lo, then evenly spaced in (lo, hi]; [lo, hi, hi, ...] when hi - lo is tiny."""
     k = tl.arange(0, P)
@@ -236,12 +248,7 @@ def _verify_kernel(
     c = tl.program_id(2)
     row = b * (G + 1) + j
     x_row = logits_ptr + row.to(tl.int64) * V
-    m, s, lo, am = _chunk_stats(x_row, V, c * CHUNK, T, GREEDY, CHUNK, BLOCK_V)
-    slot = row * NSPLIT_P2 + c
-    tl.store(part_ptr + slot * 3, m)
-    tl.store(part_ptr + slot * 3 + 1, s)
-    tl.store(part_ptr + slot * 3 + 2, lo)
-    tl.store(part_arg_ptr + slot, am)
+    _store_chunk_stats(x_row, row, c, part_ptr, part_arg_ptr, V, T, GREEDY, CHUNK, BLOCK_V, NSPLIT_P2)
     nsplit = tl.cdiv(V, CHUNK)
     if _arrive_last(counters_ptr + row, nsplit):
         _finish_row(x_row, row, b, j, G, V, T, top_k, top_p, draft_tokens_ptr, draft_probs_ptr, uniforms_ptr,
@@ -352,6 +359,43 @@ GPU = Tuning(block_v=2048, chunk=8192, cap=1024, pivots_row=2, pivots_cand=8, nu
 INTERPRETER = Tuning(block_v=1 << 17, chunk=1 << 17, cap=4096, pivots_row=8, pivots_cand=16, num_warps=1)
 
 
+@dataclass(frozen=True)
+class Launch:
+    """What both verifier kernels (chain and tree) derive from the vocabulary, the sampling and the tuning:
+    the vocabulary's split into chunks (one program each) and blocks, and the compile-time switches."""
+
+    vocab: int
+    tuning: Tuning
+    block_v: int
+    chunk: int
+    nsplit: int
+    nblk: int
+    greedy: bool
+    top_k: bool
+    top_p: bool
+
+    @classmethod
+    def of(cls, vocab: int, sampling, tuning: Tuning) -> Launch:
+        block_v = min(tuning.block_v, triton.next_power_of_2(vocab))
+        nblk = triton.cdiv(vocab, block_v)
+        chunk = block_v * min(triton.cdiv(tuning.chunk, block_v), nblk)
+        greedy = sampling.temperature == 0
+        return cls(vocab, tuning, block_v, chunk, triton.cdiv(vocab, chunk), nblk, greedy,
+                   not greedy and 0 < sampling.top_k < vocab, not greedy and sampling.top_p < 1)
+
+    def scalars(self, sampling) -> tuple[float, int, float]:
+        """Temperature (1 when greedy: unused), top_k, and top_p as its float32 value, interpreted too."""
+        top_p = torch.tensor(sampling.top_p, dtype=torch.float32).item()
+        return 1.0 if self.greedy else sampling.temperature, sampling.top_k, top_p
+
+    def constants(self, stochastic: bool) -> dict:
+        t = self.tuning
+        return dict(V=self.vocab, GREEDY=self.greedy, TOP_K=self.top_k, TOP_P=self.top_p, STOCHASTIC=stochastic,
+                    CHUNK=self.chunk, BLOCK_V=self.block_v, CAP=t.cap, P_ROW=t.pivots_row, P_CAND=t.pivots_cand,
+                    NSPLIT_P2=triton.next_power_of_2(self.nsplit), NBLK_P2=triton.next_power_of_2(self.nblk),
+                    num_warps=t.num_warps)
+
+
 def verify_triton(
     target_logits: Tensor, draft_tokens: Tensor, draft_probs: Tensor | None, sampling, uniforms: Tensor,
     tuning: Tuning | None = None,
@@ -365,34 +409,25 @@ def verify_triton(
             "TRITON_INTERPRET=1 before anything imports triton (tests/conftest.py does), or use "
             "verify_reference"
         )
-    tuning = tuning or (GPU if on_gpu else INTERPRETER)
     b, g1, vocab = target_logits.shape
-    block_v = min(tuning.block_v, triton.next_power_of_2(vocab))
-    nblk = triton.cdiv(vocab, block_v)
-    chunk = block_v * min(triton.cdiv(tuning.chunk, block_v), nblk)
-    nsplit = triton.cdiv(vocab, chunk)
-    greedy = sampling.temperature == 0
-    top_k = not greedy and 0 < sampling.top_k < vocab
-    top_p = not greedy and sampling.top_p < 1
-    rows, nsplit_p2, nblk_p2 = b * g1, triton.next_power_of_2(nsplit), triton.next_power_of_2(nblk)
+    shape = Launch.of(vocab, sampling, tuning or (GPU if on_gpu else INTERPRETER))
+    rows, nsplit_p2 = b * g1, triton.next_power_of_2(shape.nsplit)
     dev = target_logits.device
     # Workspace: chunk partials, row stats, threshold candidates, block sums (float64: sums of probabilities
     # accumulate in float64); counters must start at 0.
-    sizes = [rows * nsplit_p2 * 3, rows * 3, rows * tuning.cap if top_k or top_p else 0, b * nblk_p2]
+    cap = shape.tuning.cap if shape.top_k or shape.top_p else 0
+    sizes = [rows * nsplit_p2 * 3, rows * 3, rows * cap, b * triton.next_power_of_2(shape.nblk)]
     part, stats, cand, bsum = torch.empty(sum(sizes), dtype=torch.float64, device=dev).split(sizes)
     sizes = [rows + b, rows * nsplit_p2, rows, rows]
     counters, part_arg, argmax, flags = torch.zeros(sum(sizes), dtype=torch.int32, device=dev).split(sizes)
     n_accepted = torch.empty(b, dtype=torch.int64, device=dev)
     tokens = torch.empty(b, g1, dtype=torch.int64, device=dev)
     logits = target_logits.contiguous()
-    _verify_kernel[(b, g1, nsplit)](
+    _verify_kernel[(b, g1, shape.nsplit)](
         logits, draft_tokens.contiguous(), logits if draft_probs is None else draft_probs.contiguous(),
         uniforms.float().contiguous(), n_accepted, tokens,
         part, part_arg, stats, argmax, flags, counters, cand, bsum,
-        b, g1 - 1, sampling.temperature if not greedy else 1.0, sampling.top_k,
-        torch.tensor(sampling.top_p, dtype=torch.float32).item(),  # the float32 value, interpreted too
-        V=vocab, GREEDY=greedy, TOP_K=top_k, TOP_P=top_p, STOCHASTIC=draft_probs is not None,
-        CHUNK=chunk, BLOCK_V=block_v, CAP=tuning.cap, P_ROW=tuning.pivots_row, P_CAND=tuning.pivots_cand,
-        NSPLIT_P2=nsplit_p2, NBLK_P2=nblk_p2, G1_P2=triton.next_power_of_2(g1), num_warps=tuning.num_warps,
+        b, g1 - 1, *shape.scalars(sampling),
+        **shape.constants(draft_probs is not None), G1_P2=triton.next_power_of_2(g1),
     )
     return n_accepted, tokens
