@@ -36,7 +36,7 @@ def test_benchmark_reports_measured_fields():
     # The head's own parameters; its rotary buffer, feature buffer and KV cache are the rest. The target's
     # embedding and lm_head, which the arm also holds, are not the drafter's.
     assert memory.drafter_param_bytes == nbytes(head.parameters())
-    assert memory.drafter_cache_bytes == nbytes([*head.buffers(), arm.features, arm.keys, arm.values])
+    assert memory.drafter_cache_bytes == nbytes([*head.buffers(), arm.features.values, arm.keys, arm.values])
     assert memory.target_cache_bytes == nbytes([*target.k_cache, *target.v_cache, *hf.buffers()])
     assert memory.peak_cuda_delta_bytes is None
     overhead = memory.drafter_param_bytes + memory.drafter_cache_bytes
