@@ -49,7 +49,7 @@ def test_table_holds_the_measured_numbers_and_only_the_block_changes(tmp_path):
 
 def test_missing_results_are_said_to_be_missing(tmp_path):
     text = table.replace_block(README, table.render(tmp_path))
-    assert "no `results/models/metrics.json` yet" in text and "no measurements in `results/h100/` yet" in text
+    assert "no `results/models/metrics.json` yet" in text and "GPU decoding speed**: not measured yet" in text
     assert "|" not in text  # no table without numbers
 
 
