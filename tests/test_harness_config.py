@@ -85,3 +85,26 @@ def test_experiments_define_a_resumable_sweep(name):
     assert cfg.hydra.sweep.dir == f"outputs/experiments/{name}"
     assert cfg.hydra.sweeper.params  # a named study is one `python run.py -m experiment=<name>`
     assert cfg.dataset.limit is None
+
+
+def test_the_learned_drafters_are_arm_options_of_the_family():
+    from flashspec import SpeculativeEngine
+
+    cfg = typed("arms=all", "bandit=ucb1", "gamma=[2,4]")
+    kinds = [a.kind for a in cfg.arms.arms]
+    assert kinds == ["prompt_lookup", "draft_model", "medusa", "eagle", "streaming"]
+    engine = SpeculativeEngine(engine_config(cfg))
+    assert len(engine.pairs) == 10  # five drafters x two gammas, each an arm of the bandit
+    ar = SpeculativeEngine(engine_config(typed("bandit=none")))
+    prompt = "def fibonacci(n):\n"
+    assert engine.generate(prompt, 40).token_ids == ar.generate(prompt, 40).token_ids  # greedy: lossless
+    # A checkpoint path enters the hash only through the arms that read it.
+    assert config_hash(typed("medusa_model=elsewhere")) == config_hash(typed())
+    assert config_hash(typed("arms=medusa", "medusa_model=elsewhere")) != config_hash(typed("arms=medusa"))
+
+
+def test_a_learned_arm_without_a_checkpoint_says_which_setting_to_give():
+    from flashspec import SpeculativeEngine
+
+    with pytest.raises(ValueError, match="arm kind eagle needs `model`"):
+        SpeculativeEngine(engine_config(typed("target=tiny", "arms=eagle", "bandit=ucb1")))

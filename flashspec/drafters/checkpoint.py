@@ -11,6 +11,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformers import PretrainedConfig
 
+from flashspec.models import resolve_name
+
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 
 
@@ -33,7 +35,7 @@ def load_checkpoint(
     """(meta, tensors) of the `kind` checkpoint at `path`, checked against the target it will draft for."""
     if not str(path):
         raise ValueError(f"arm kind {kind} needs `model`: a drafter directory (scripts/train_drafters.py)")
-    path = Path(path)
+    path = Path(resolve_name(str(path)))  # the shipped results/models/... from any working directory
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
         raise ValueError(
             f"no {kind} drafter at {str(path)!r}: expected a directory with {CONFIG} and {WEIGHTS}, as "

@@ -48,6 +48,11 @@ class RunConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     draft_model: str = "tiny-draft"  # the target's draft model: draft_model arms and hf_assisted use it
+    # The target's trained drafters (scripts/train_drafters.py checkpoints), read by arms/medusa, eagle, streaming
+    # and arms/all; "" where the target has none.
+    medusa_model: str = ""
+    eagle_model: str = ""
+    streaming_model: str = ""
     gamma: Any = 4  # an int, or a list: every (arm, gamma) pair is an arm of the bandit
     verifier: str = "auto"  # auto | reference | triton
     max_new_tokens: int = 32
@@ -114,7 +119,9 @@ def uses_gamma(cfg: RunConfig) -> bool:
 
 def effective(cfg: RunConfig) -> dict:
     """The settings this run reads; the basis of its config hash."""
-    out = {k: v for k, v in asdict(cfg).items() if k != "progress"}
+    # The drafter checkpoints enter through the arms that read them, resolved.
+    drafters = ("progress", "medusa_model", "eagle_model", "streaming_model")
+    out = {k: v for k, v in asdict(cfg).items() if k not in drafters}
     if cfg.method.backend == "hf_generate":
         del out["bandit"], out["verifier"], out["arms"]
         if not cfg.method.assistant:
