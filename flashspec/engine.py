@@ -143,9 +143,10 @@ class SpeculativeEngine:
                 "non-finite logits from the target: check its weights and dtype (float16 often overflows; "
                 "use bfloat16 or float32)"
             )
-        self._observe_target(cached, scores.rows(self._commit(cached, n, rows)))
-        if k >= 0:
+        kept = scores.rows(self._commit(cached, n, rows))
+        if k >= 0:  # before the arms hear of this forward: Hedge's would-be drafts start from this step's context
             self._learn(k, context, draft, n, tokens[: n + 1], time.perf_counter() - t0, sampling, generator, stats)
+        self._observe_target(cached, kept)
         return tokens[: n + 1]
 
     def _verify(self, logits: Tensor, draft: Draft, sampling: SamplingConfig, generator) -> tuple[Tensor, Tensor]:

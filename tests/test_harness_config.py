@@ -87,10 +87,11 @@ def test_experiments_define_a_resumable_sweep(name):
     assert cfg.dataset.limit is None
 
 
-def test_the_learned_drafters_are_arm_options_of_the_family():
+@pytest.mark.parametrize("policy", ["ucb1", "hedge"])  # hedge: every arm drafts every step, from the same state
+def test_the_learned_drafters_are_arm_options_of_the_family(policy):
     from flashspec import SpeculativeEngine
 
-    cfg = typed("arms=all", "bandit=ucb1", "gamma=[2,4]")
+    cfg = typed("arms=all", f"bandit={policy}", "gamma=[2,4]")
     kinds = [a.kind for a in cfg.arms.arms]
     assert kinds == ["prompt_lookup", "draft_model", "medusa", "eagle", "streaming"]
     engine = SpeculativeEngine(engine_config(cfg))
