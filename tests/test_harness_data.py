@@ -70,7 +70,9 @@ def test_chat_template_plain_fallback_and_raw_completion():
                 {"role": "user", "content": "again"}]
     ids = encode(tok, messages, chat=True)
     assert tok.decode(ids) == tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert tok.decode(encode(tok, [{"role": "user", "content": "def f():\n"}], chat=False)) == "def f():\n"
+    # A completion prompt ends where its text does: a trailing newline would be a token of its own, unlike in
+    # the code the model learned from (where BPE merges it with the next line's indentation).
+    assert tok.decode(encode(tok, [{"role": "user", "content": "def f():\n    \n"}], chat=False)) == "def f():"
     tok.chat_template = None
     assert tok.decode(encode(tok, messages, chat=True)) == plain_chat(messages)
     assert plain_chat(messages) == "User: hi\nAssistant: yo\nUser: again\nAssistant:"

@@ -76,6 +76,7 @@ def test_pass_at_1_of_greedy_speculative_equals_autoregressive(tmp_path, problem
     spec = run(tmp_path / "spec", "bandit=ucb1", "gamma=4")  # with the AR baseline: matches_baseline
     assert len(ar) == len(spec) == PROBLEMS and set(ar.index) == {p["id"] for p in problems}
     assert (spec["steps"] < spec["new_tokens"]).any()  # drafts were accepted
+    assert (ar["new_tokens"] > 1).all()  # an answer, not EOS at once: the prompt's trailing newline is cut
     assert spec["matches_baseline"].all()  # the same tokens, hence the same programs
     assert ar["passed"].isin([True, False]).all()
     pd.testing.assert_series_equal(ar["passed"], spec.loc[ar.index, "passed"])

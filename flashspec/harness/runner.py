@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from flashspec.harness import decoders, store
 from flashspec.harness.analysis import summarize
-from flashspec.harness.data import PROJECT_ROOT, Prompt, encode, load_prompts
+from flashspec.harness.data import PROJECT_ROOT, Prompt, completion_source, encode, load_prompts
 from flashspec.harness.schema import RunConfig, check, config_hash, gammas, uses_gamma
 from flashspec.metrics import GenerationResult
 from flashspec.quality import humaneval
@@ -98,8 +98,7 @@ def passed(prompt: Prompt, messages: list[dict], out: GenerationResult) -> bool 
     """HumanEval: whether the answer passes the problem's tests, run in a sandboxed subprocess; else empty."""
     if prompt.test is None:
         return None
-    source = "".join(m["content"] for m in messages)  # the text the answer continues (a completion prompt)
-    return humaneval.check(source, out.text, prompt.test, prompt.entry_point or "").passed
+    return humaneval.check(completion_source(messages), out.text, prompt.test, prompt.entry_point or "").passed
 
 
 def arm_rows(out: GenerationResult) -> list[dict]:
