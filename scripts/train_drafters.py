@@ -4,6 +4,8 @@ model.safetensors), loadable as ArmConfig(kind=<kind>, model=OUT/flashspec-<kind
     python scripts/train_drafters.py --target results/models/flashspec-target \\
         --drafters medusa,eagle,streaming --preset h100 --out results/models          # one GPU
     python scripts/train_drafters.py --target tiny --drafters medusa --preset tiny --out /tmp/drafters   # CPU
+    OMP_NUM_THREADS=1 python scripts/train_drafters.py --target results/models/flashspec-target \
+        --drafters medusa,streaming --preset cpu --time-budget-s 780 --out results/models   # ~15 min each
 
 Each kind's trainer is flashspec/train/<kind>.py: train(target_path, out_dir, preset, device, seed) -> record.
 """
@@ -34,18 +36,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, required=True, help="parent folder of the drafter folders")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-budget-s", type=float, default=None,
+                        help="training seconds per drafter, replacing the preset's (data and evaluation come on top)")
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.drafters.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown or not kinds:
         parser.error(f"--drafters {args.drafters!r}: choose from {', '.join(KINDS)}")
+    if args.time_budget_s is not None and args.time_budget_s <= 0:
+        parser.error(f"--time-budget-s {args.time_budget_s}: give a positive number of seconds")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     transformers.utils.logging.disable_progress_bar()
     records = {}
     for kind in kinds:
         trainer = importlib.import_module(f"flashspec.train.{kind}")
         records[kind] = trainer.train(args.target, args.out / f"flashspec-{kind}", args.preset, args.device,
-                                      args.seed)
+                                      args.seed, args.time_budget_s)
     print(json.dumps({k: {m: r[m] for m in ("params", "steps", "heldout_loss", "wall_time_s") if m in r}
                       for k, r in records.items()}, indent=2))
     return records

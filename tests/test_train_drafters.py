@@ -16,9 +16,10 @@ from test_engine_lossless import PROMPTS
 from flashspec import ArmConfig, BanditConfig, FlashSpecConfig, SpeculativeEngine, TargetConfig
 from flashspec.drafters.checkpoint import WEIGHTS
 from flashspec.models import load_hf
-from flashspec.models.tiny import tiny_tokenizer
-from flashspec.train import corpus, eagle, streaming
+from flashspec.models.tiny import HIDDEN, tiny_tokenizer
+from flashspec.train import corpus, eagle, feature_drafters, streaming
 from flashspec.train.distill import corpus_prompts
+from flashspec.train.feature_drafters import FitConfig, fit
 
 MAX_BYTES = 5 << 20
 
@@ -50,6 +51,37 @@ def test_trainer(trainer, arm, tmp_path):
         trainer.train("tiny", tmp_path / "x", preset="huge")
 
 
+def test_fit_scales_the_learning_rate_per_group():
+    """A group's lr_scale multiplies the preset's lr (the stream embeddings' 10x): Adam's first step moves every
+    element by about its learning rate."""
+    a, b = torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    cfg = FitConfig(seq_len=2, windows=4, heldout=1, batch_size=2, lr=0.01, max_steps=1, time_budget_s=60)
+    fit([{"params": [a]}, {"params": [b], "lr_scale": 10.0}], lambda batch, g: (-(a + b).sum(), a), torch.zeros(4, 2),
+        cfg, seed=0)
+    torch.testing.assert_close(a.detach(), torch.full((3,), 0.01), rtol=1e-3, atol=0)
+    torch.testing.assert_close(b.detach(), torch.full((3,), 0.1), rtol=1e-3, atol=0)
+
+
+def test_streaming_embeddings_get_their_own_learning_rate(monkeypatch, tmp_path):
+    """The stream embeddings must grow to the scale of the residual stream they are added to (RMS ~3 per element
+    at the family target's layer 7) from 0.02: at the LoRA's learning rate they stay ~2 % of it and the streams
+    cannot tell which offset to predict. train() hands fit a separate, scaled group for them."""
+    seen = {}
+
+    def record_groups(params, *args):
+        seen["groups"] = params
+        return {"steps": 0, "train_time_s": 0.0, "final_train_loss": 0.0, "train_loss_curve": []}
+
+    monkeypatch.setattr(feature_drafters, "fit", record_groups)
+    record = streaming.train("tiny", tmp_path / "s", preset="tiny", device="cpu", time_budget_s=3)
+    preset = streaming.PRESETS["tiny"]
+    lora, streams = seen["groups"]
+    assert streams["lr_scale"] == preset.stream_lr_scale > 1 and "lr_scale" not in lora
+    assert len(streams["params"]) == 1 and streams["params"][0].shape == (preset.n_streams, HIDDEN)
+    assert all(p.requires_grad for p in lora["params"]) and len(lora["params"]) > 0
+    assert record["lr"] == preset.lr and record["time_budget_s"] == 3
+
+
 # ------------------------------------------------------------------ Medusa, through the CLI
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 MAIN = runpy.run_path(str(SCRIPTS / "train_drafters.py"))["main"]
@@ -59,7 +91,7 @@ MAIN = runpy.run_path(str(SCRIPTS / "train_drafters.py"))["main"]
 def medusa(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("drafters")
     records = MAIN(["--target", "tiny", "--drafters", "medusa", "--preset", "tiny", "--out", str(out),
-                    "--device", "cpu"])
+                    "--device", "cpu", "--time-budget-s", "8"])
     return out / "flashspec-medusa", records["medusa"]
 
 
@@ -70,6 +102,7 @@ def test_medusa_checkpoint_is_small_trained_and_self_describing(medusa):
     assert record["heldout_loss"] < record["heldout_loss_before"], "training did not lower the held-out loss"
     assert (path / WEIGHTS).stat().st_size < MAX_BYTES
     assert len(config["accuracy"]) == config["heads"] and len(config["tree"]) == 64
+    assert record["time_budget_s"] == 8 and record["lr"] == 3e-3  # --time-budget-s replaced the preset's 10 s
 
 
 def test_trained_medusa_drafts_losslessly(medusa):
@@ -96,6 +129,10 @@ def test_cli_names_unknown_drafters(capsys):
     with pytest.raises(SystemExit):
         MAIN(["--target", "tiny", "--drafters", "medusa,hydra", "--preset", "tiny", "--out", "/tmp/x"])
     assert "choose from medusa, eagle, streaming" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        MAIN(["--target", "tiny", "--drafters", "medusa", "--preset", "tiny", "--out", "/tmp/x",
+              "--time-budget-s", "0"])
+    assert "--time-budget-s 0.0: give a positive number of seconds" in capsys.readouterr().err
 
 
 def test_eval_drafters_writes_its_section_of_the_readme(medusa, tmp_path):

@@ -49,12 +49,14 @@ def eagle_loss(head: EagleHead, target: PreTrainedModel, states: Tensor, generat
 
 
 def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: str | None = None,
-          seed: int = 0) -> dict:
-    """Train an EAGLE head for the target at `target_path` into `out_dir`; returns the training record."""
+          seed: int = 0, time_budget_s: float | None = None) -> dict:
+    """Train an EAGLE head for the target at `target_path` into `out_dir` (for `time_budget_s` seconds,
+    default the preset's); returns the training record."""
     def make(target: PreTrainedModel):
         head = EagleHead(head_config(target.config)).to(target.device)
         return (head, lambda windows: eagle_states(target, windows),
                 lambda states, g: eagle_loss(head, target, states, g),
                 lambda path, record: save_eagle(path, head, target.config, record))
 
-    return train_drafter("eagle", make, target_path, str(out_dir), preset, device, seed)
+    return train_drafter("eagle", make, target_path, str(out_dir), preset, device, seed,
+                         time_budget_s=time_budget_s)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -55,31 +55,35 @@ def load_target(path: str, device: str) -> tuple[PreTrainedModel, PreTrainedToke
     return model.eval(), tokenizer
 
 
-def fit(params: list[Tensor], loss_fn: LossFn, windows: Tensor, cfg: FitConfig, seed: int) -> dict:
+def fit(params: list[Tensor] | list[dict], loss_fn: LossFn, windows: Tensor, cfg: FitConfig, seed: int) -> dict:
     """AdamW until max_steps or the time budget, whichever comes first; the learning rate decays on a
-    cosine to a tenth over that same progress, so a run cut by the clock still ends annealed."""
+    cosine to a tenth over that same progress, so a run cut by the clock still ends annealed. `params` may
+    be AdamW parameter groups; a group's "lr_scale" (default 1) multiplies cfg.lr for it."""
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     start, step, loss = time.monotonic(), 0, torch.tensor(float("nan"))
+    curve = []  # (step, that batch's training loss) every 100 steps: still falling when the clock stops?
 
     def progress() -> float:
         return max(step / cfg.max_steps, (time.monotonic() - start) / cfg.time_budget_s)
 
     while step == 0 or progress() < 1:
+        decay = 0.1 + 0.45 * (1 + math.cos(math.pi * min(progress(), 1.0)))
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(progress(), 1.0))))
+            group["lr"] = group.get("lr_scale", 1.0) * cfg.lr * decay
         rows = torch.randint(len(windows), (cfg.batch_size,), generator=generator)
         batch = windows[rows.to(windows.device)]
         loss, _ = loss_fn(batch, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], 1.0)
         optimizer.step()
         step += 1
         if step % 100 == 0:
+            curve.append([step, round(loss.item(), 4)])
             log(f"step {step} loss {loss.item():.4f} ({time.monotonic() - start:.0f} s)")
     return {"steps": step, "train_time_s": round(time.monotonic() - start, 1),
-            "final_train_loss": round(loss.item(), 4)}
+            "final_train_loss": round(loss.item(), 4), "train_loss_curve": curve}
 
 
 @torch.no_grad()
@@ -100,7 +104,8 @@ def training_record(kind: str, target_path: str, preset: str, seed: int, device:
     """The JSON record saved beside a self-distilled drafter: where its data came from, the fit's statistics,
     held-out loss and top-1 agreement before and after training."""
     return {
-        "kind": kind, "target": target_path, "preset": preset, "seed": seed, "device": device, **extra,
+        "kind": kind, "target": target_path, "preset": preset, "seed": seed, "device": device, "lr": cfg.lr,
+        "time_budget_s": cfg.time_budget_s, **extra,
         "data": {"source": "self-distilled: corpus windows (training split) continued by the target, half "
                            "greedy, half at temperature 1", "windows": cfg.windows,
                  "heldout_windows": cfg.heldout, "seq_len": cfg.seq_len, "prompt_len": cfg.prompt_len},
@@ -120,12 +125,17 @@ Maker = Callable[
 
 
 def train_drafter(kind: str, make: Maker, target_path: str, out_dir: str, preset: str, device: str | None,
-                  seed: int) -> dict:
+                  seed: int, lr: float | None = None, time_budget_s: float | None = None,
+                  groups: Callable[[torch.nn.Module], list[dict]] | None = None) -> dict:
     """Self-distill data from the target, train the drafter, evaluate it before and after on held-out
-    windows, save it with its training record to `out_dir`; returns that record."""
+    windows, save it with its training record to `out_dir`; returns that record. `lr` and `time_budget_s`
+    replace the FIT preset's when given; `groups(drafter)`: AdamW parameter groups for fit (default: one group
+    of every trainable parameter)."""
     if preset not in FIT:
         raise ValueError(f"unknown preset {preset!r}: use one of {sorted(FIT)}")
     cfg, t0 = FIT[preset], time.monotonic()
+    cfg = replace(cfg, lr=cfg.lr if lr is None else lr,
+                  time_budget_s=cfg.time_budget_s if time_budget_s is None else time_budget_s)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     target, tokenizer = load_target(target_path, device)
     torch.manual_seed(seed)
@@ -136,7 +146,8 @@ def train_drafter(kind: str, make: Maker, target_path: str, out_dir: str, preset
     log(f"{kind}: {cfg.windows} + {cfg.heldout} self-distilled windows in {time.monotonic() - t0:.0f} s")
     before_loss, before = evaluate(loss_fn, heldout, cfg.batch_size)
     drafter.train()
-    stats = fit([p for p in drafter.parameters() if p.requires_grad], loss_fn, windows, cfg, seed)
+    params = groups(drafter) if groups else [p for p in drafter.parameters() if p.requires_grad]
+    stats = fit(params, loss_fn, windows, cfg, seed)
     drafter.eval()
     after_loss, after = evaluate(loss_fn, heldout, cfg.batch_size)
     record = training_record(kind, target_path, preset, seed, device, cfg, stats, (before_loss, before),
