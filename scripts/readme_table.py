@@ -65,7 +65,7 @@ def gpu_sections(results: Path) -> list[str]:
     folder = results / "h100"
     csvs = sorted(folder.glob("*.csv")) if folder.is_dir() else []
     if not csvs:
-        return ["**GPU decoding speed**: not measured yet: the GPU benchmark is blocked on device time (`results/h100/README.md`)."]
+        return ["**GPU decoding speed**: not measured yet (`results/h100/README.md` says why, and gives the command)."]
     env = json.loads((folder / "env.json").read_text()) if (folder / "env.json").is_file() else {}
     where = f"{env.get('device', 'GPU')}, commit `{str(env.get('commit', '?'))[:12]}`"
     out: list[str] = []
