@@ -119,3 +119,17 @@ def test_tables_have_a_row_per_method_and_a_column_per_dataset(tmp_path):
     tex = (out / "speedup.tex").read_text()
     assert r"ucb1 (both), $\gamma$=4" in tex and r"\label{tab:speedup}" in tex
     assert "autoregressive & 1.00 & 1.00" in tex.replace(r" \\", "")
+
+
+def test_a_compressed_trace_reads_as_the_plain_one(tmp_path):
+    from flashspec.harness.analysis import load
+
+    sweep = sweep_dir(tmp_path)
+    plain = load(sweep)
+    trace = sweep / "trace.csv"
+    pd.read_csv(trace).to_csv(sweep / "trace.csv.gz", index=False)
+    trace.unlink()
+    pd.testing.assert_frame_equal(load(sweep).trace, plain.trace)
+    (sweep / "trace.csv.gz").unlink()
+    with pytest.raises(ValueError, match="has no trace.csv"):
+        load(sweep)

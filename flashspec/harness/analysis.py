@@ -30,13 +30,16 @@ class Tables:
 
 
 def load(path: Path) -> Tables:
-    """The tables of a sweep directory (or a single run's directory)."""
-    missing = [name for name in TABLES if not (path / f"{name}.csv").is_file()]
+    """The tables of a sweep directory (or a single run's directory); each `<name>.csv`, or `<name>.csv.gz` as
+    results/ keeps the long per-step trace."""
+    found = {name: next((f for f in (path / f"{name}.csv", path / f"{name}.csv.gz") if f.is_file()), None)
+             for name in TABLES}
+    missing = [name for name, f in found.items() if f is None]
     if missing:
         files = ", ".join(m + ".csv" for m in missing)
         raise ValueError(f"{path} has no {files}: pass a run or sweep directory written by run.py "
                          "(one whose runs have finished)")
-    return Tables(*(read_table(path / f"{name}.csv") for name in TABLES))
+    return Tables(*(read_table(found[name]) for name in TABLES))
 
 
 def read_table(path: Path) -> pd.DataFrame:
