@@ -61,9 +61,12 @@ def test_labels_name_baselines_policies_and_fixed_arms():
                      {"run_id": "2", "bandit": "ucb1", "wall_time_s": 1, "baseline_wall_time_s": 1},
                      {**fixed("3", "prompt_lookup", "p", 1.0)},
                      {"run_id": "4", "method": "hf_static", "bandit": None, "wall_time_s": 1,
+                      "baseline_wall_time_s": 1},
+                     {"run_id": "5", "bandit": "ucb1", "bandit_scope": "run", "wall_time_s": 1,
                       "baseline_wall_time_s": 1}])
     assert list(labelled(frame)["label"]) == [
-        "autoregressive", "ucb1 (both), γ=4", "fixed prompt_lookup, γ=4", "hf_static"]
+        "autoregressive", "ucb1 (both), γ=4", "fixed prompt_lookup, γ=4", "hf_static",
+        "ucb1 across prompts (both), γ=4"]
 
 
 def trace(arms: list[str], emitted: list[int], run: str = "r") -> pd.DataFrame:

@@ -53,7 +53,11 @@ def label(row: pd.Series, with_gamma: bool = True) -> str:
         return row["method"]
     if row["bandit"] == "none":
         return "autoregressive"
-    name = f"fixed {row['fixed_arm']}" if row["bandit"] == "fixed" else f"{row['bandit']} ({row['arm_set']})"
+    if row["bandit"] == "fixed":
+        name = f"fixed {row['fixed_arm']}"
+    else:  # a policy that learns across prompts (scope=run) is another method than one reset per prompt
+        across = " across prompts" if row.get("bandit_scope") == "run" else ""
+        name = f"{row['bandit']}{across} ({row['arm_set']})"
     return f"{name}, γ={row['gamma']}" if with_gamma else name
 
 

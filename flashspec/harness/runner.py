@@ -70,6 +70,7 @@ def run_columns(cfg: RunConfig, run_id: str) -> dict:
         "run_id": run_id, "config_hash": config_hash(cfg), "method": cfg.method.name,
         "target": cfg.target.model, "arm_set": cfg.arms.name if spec and ours else None,
         "bandit": cfg.bandit.policy if ours else None,
+        "bandit_scope": cfg.bandit.scope if ours and cfg.bandit.policy not in ("none", "fixed") else None,
         "gamma": "+".join(map(str, gammas(cfg))) if spec else None,
         "temperature": cfg.sampling.temperature, "top_k": cfg.sampling.top_k, "top_p": cfg.sampling.top_p,
         "seed": cfg.sampling.seed, "max_new_tokens": cfg.max_new_tokens, "dataset": cfg.dataset.name,
@@ -113,8 +114,8 @@ def trace_rows(out: GenerationResult) -> list[dict]:
 
 COLUMNS = {
     "results": [
-        "run_id", "config_hash", "method", "target", "arm_set", "bandit", "gamma", "temperature", "top_k",
-        "top_p", "seed", "max_new_tokens", "dataset", "category", "prompt_id", "turn", "fixed_arm",
+        "run_id", "config_hash", "method", "target", "arm_set", "bandit", "bandit_scope", "gamma", "temperature",
+        "top_k", "top_p", "seed", "max_new_tokens", "dataset", "category", "prompt_id", "turn", "fixed_arm",
         "prompt_tokens", "new_tokens", "steps", "tau", "alpha", "wall_time_s", "ttft_s", "tokens_per_s",
         "baseline_new_tokens", "baseline_wall_time_s", "baseline_tokens_per_s", "speedup", "matches_baseline",
         "passed",
@@ -190,7 +191,7 @@ def main(cfg: DictConfig, run_dir: Path, root: Path, choices: dict | None = None
         print(summary_text(results, root))
 
 
-SUMMARY_KEYS = ["method", "bandit", "fixed_arm", "arm_set", "gamma", "dataset"]
+SUMMARY_KEYS = ["method", "bandit", "bandit_scope", "fixed_arm", "arm_set", "gamma", "dataset"]
 
 
 def summary_text(results: pd.DataFrame, root: Path) -> str:
