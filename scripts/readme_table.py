@@ -90,7 +90,11 @@ def cpu_sections(results: Path) -> list[str]:
     out: list[str] = []
     for path in sorted((results / "cpu").glob("*/results.csv")):
         table = summarize(labelled(read_table(path)), ["label", "dataset"])
-        table = table.rename(columns={"label": "method"}).drop(columns=["rows"])
+        # One row per method, tau and speedup per prompt set: the whole study on one screen.
+        wide = table.pivot(index="label", columns="dataset", values=["tau", "speedup"])
+        wide = wide.sort_index(axis=1, level=1, sort_remaining=False)
+        wide.columns = [f"{dataset} {'τ' if value == 'tau' else 'speedup'}" for value, dataset in wide.columns]
+        table = wide.reset_index().rename(columns={"label": "method"})
         readme = (path.parent.parent / "README.md").relative_to(results.parent)
         where = f"`{path.relative_to(results.parent)}`, CPU; the command is in `{readme}`"
         out += [f"**Speculative decoding of the trained family** ({where}):", "", *markdown(table), ""]

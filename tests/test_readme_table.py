@@ -60,3 +60,21 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     pd.DataFrame([{"shape": "s", "tok_s": 1.0}]).to_csv(tmp_path / "h100" / "ar.csv", index=False)
     with pytest.raises(ValueError, match=r"ar.csv has no column\(s\) \['prompt_tokens', 'impl', 'frac_"):
         table.render(tmp_path)
+
+
+def test_a_cpu_sweep_is_one_row_per_method_with_tau_and_speedup_per_prompt_set(tmp_path):
+    from test_harness_analysis import results as result_rows
+
+    sweep = tmp_path / "cpu" / "study"
+    sweep.mkdir(parents=True)
+    rows = [{"run_id": "1", "bandit": "none", "dataset": d, "tau": 1.0, "wall_time_s": 2.0,
+             "baseline_wall_time_s": 2.0} for d in ("mt_bench", "alpaca")]
+    rows += [{"run_id": "2", "bandit": "ucb1", "dataset": "mt_bench", "tau": 3.0, "wall_time_s": 1.0,
+              "baseline_wall_time_s": 2.0},
+             {"run_id": "2", "bandit": "ucb1", "dataset": "alpaca", "tau": 2.5, "wall_time_s": 0.5,
+              "baseline_wall_time_s": 2.0}]
+    result_rows(rows).to_csv(sweep / "results.csv", index=False)
+    text = "\n".join(table.cpu_sections(tmp_path))
+    assert "| method | alpaca τ | alpaca speedup | mt_bench τ | mt_bench speedup |" in text
+    assert "| autoregressive | 1 | 1 | 1 | 1 |" in text
+    assert "| ucb1 (both), γ=4 | 2.5 | 4 | 3 | 2 |" in text
