@@ -56,7 +56,7 @@ def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: s
         head = EagleHead(head_config(target.config)).to(target.device)
         return (head, lambda windows: eagle_states(target, windows),
                 lambda states, g: eagle_loss(head, target, states, g),
-                lambda path, record: save_eagle(path, head, target.config, record))
+                lambda path, record, _: save_eagle(path, head, target.config, record))
 
     return train_drafter("eagle", make, target_path, str(out_dir), preset, device, seed,
                          time_budget_s=time_budget_s)

@@ -117,20 +117,21 @@ def training_record(kind: str, target_path: str, preset: str, seed: int, device:
 
 
 # make(target) -> the drafter module; what it trains on per window (a function of the windows, computed once:
-# the target's states, so training steps run no target forward); its loss over those; how to save it.
+# the target's states, so training steps run no target forward); its loss over those; how to save it, given the
+# training record and the held-out states (for what a checkpoint derives from them, e.g. Medusa's tree).
 Maker = Callable[
     [PreTrainedModel],
-    tuple[torch.nn.Module, Callable[[Tensor], Tensor], LossFn, Callable[[str, dict], object]],
+    tuple[torch.nn.Module, Callable[[Tensor], Tensor], LossFn, Callable[[str, dict, Tensor], object]],
 ]
 
 
 def train_drafter(kind: str, make: Maker, target_path: str, out_dir: str, preset: str, device: str | None,
                   seed: int, lr: float | None = None, time_budget_s: float | None = None,
-                  groups: Callable[[torch.nn.Module], list[dict]] | None = None) -> dict:
+                  groups: Callable[[torch.nn.Module], list[dict]] | None = None, extra: dict | None = None) -> dict:
     """Self-distill data from the target, train the drafter, evaluate it before and after on held-out
     windows, save it with its training record to `out_dir`; returns that record. `lr` and `time_budget_s`
     replace the FIT preset's when given; `groups(drafter)`: AdamW parameter groups for fit (default: one group
-    of every trainable parameter)."""
+    of every trainable parameter); `extra`: more fields of the record (the drafter's shape)."""
     if preset not in FIT:
         raise ValueError(f"unknown preset {preset!r}: use one of {sorted(FIT)}")
     cfg, t0 = FIT[preset], time.monotonic()
@@ -150,9 +151,10 @@ def train_drafter(kind: str, make: Maker, target_path: str, out_dir: str, preset
     stats = fit(params, loss_fn, windows, cfg, seed)
     drafter.eval()
     after_loss, after = evaluate(loss_fn, heldout, cfg.batch_size)
+    trained = sum(p.numel() for p in drafter.parameters() if p.requires_grad)
     record = training_record(kind, target_path, preset, seed, device, cfg, stats, (before_loss, before),
-                             (after_loss, after), t0)
-    save(out_dir, record)
+                             (after_loss, after), t0, **(extra or {}), params=trained)
+    save(out_dir, record, heldout)
     log(f"{kind}: held-out top-1 agreement {record['heldout_top1_agreement']} "
         f"(untrained {record['heldout_top1_agreement_before']}) -> {out_dir}")
     return record

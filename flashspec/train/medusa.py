@@ -5,16 +5,16 @@ lm_head), head k weighted 0.8^(k-1). The tree is then grown from the heads' held
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
+from transformers import PreTrainedModel
 
 from flashspec.drafters.medusa import MedusaHeads, save_medusa
-from flashspec.train.distill import distill_split, target_hidden
-from flashspec.train.feature_drafters import FIT, evaluate, fit, load_target, log, training_record
+from flashspec.train.distill import target_hidden
+from flashspec.train.feature_drafters import FIT, train_drafter
 
 DECAY = 0.8  # Medusa's weight decay over the heads: later heads are harder and matter less
 RANKS = 8  # candidates per head whose accuracy shapes the tree
@@ -80,30 +80,18 @@ def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: s
     the preset's train_s); returns the training record."""
     if preset not in SHAPES:
         raise ValueError(f"unknown preset {preset!r}: use one of {sorted(SHAPES)}")
-    shape, t0 = SHAPES[preset], time.monotonic()
-    cfg = replace(FIT[preset], lr=shape.lr, time_budget_s=time_budget_s or shape.train_s)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    target, tokenizer = load_target(target_path, device)
-    windows, heldout = distill_split(target, tokenizer, cfg.windows, cfg.heldout, cfg.seq_len, seed,
-                                     cfg.prompt_len, cfg.corpus_mb)
-    hidden, heldout_hidden = target_hidden(target, windows), target_hidden(target, heldout)
-    log(f"medusa: {cfg.windows} + {cfg.heldout} self-distilled windows in {time.monotonic() - t0:.0f} s")
-    torch.manual_seed(seed)
-    heads = MedusaHeads(target.get_output_embeddings().weight, shape.heads, shape.rank).to(device)
+    shape, batch_size = SHAPES[preset], FIT[preset].batch_size
 
-    def loss_fn(batch: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        return medusa_loss(heads, batch)
+    def make(target: PreTrainedModel):
+        heads = MedusaHeads(target.get_output_embeddings().weight, shape.heads, shape.rank).to(target.device)
 
-    before_loss, before = evaluate(loss_fn, heldout_hidden, cfg.batch_size)
-    heads.train()
-    stats = fit(list(heads.parameters()), loss_fn, hidden, cfg, seed)
-    heads.eval()
-    after_loss, after = evaluate(loss_fn, heldout_hidden, cfg.batch_size)
-    accuracy = rank_accuracy(heads, heldout_hidden, cfg.batch_size)
-    record = training_record("medusa", target_path, preset, seed, device, cfg, stats, (before_loss, before),
-                             (after_loss, after), t0, heads=shape.heads, rank=shape.rank,
-                             params=sum(p.numel() for p in heads.parameters()))
-    save_medusa(out_dir, heads, target.config, [[round(a, 4) for a in row] for row in accuracy], record)
-    log(f"medusa: held-out top-1 agreement {record['heldout_top1_agreement']} "
-        f"(untrained {record['heldout_top1_agreement_before']}) -> {out_dir}")
-    return record
+        def save(path: str, record: dict, heldout: Tensor) -> None:
+            accuracy = rank_accuracy(heads, heldout, batch_size)  # shapes the checkpoint's sparse tree
+            save_medusa(path, heads, target.config, [[round(a, 4) for a in row] for row in accuracy], record)
+
+        return (heads, lambda windows: target_hidden(target, windows),
+                lambda hidden, g: medusa_loss(heads, hidden), save)
+
+    budget = shape.train_s if time_budget_s is None else time_budget_s
+    return train_drafter("medusa", make, target_path, str(out_dir), preset, device, seed, lr=shape.lr,
+                         time_budget_s=budget, extra={"heads": shape.heads, "rank": shape.rank})

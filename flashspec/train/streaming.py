@@ -108,7 +108,7 @@ def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: s
         drafter = StreamingDrafter(target, shape.n_layers, shape.n_streams, default_lora(shape.rank))
         return (drafter, lambda windows: streaming_states(target, drafter.first, windows),
                 lambda states, g: streaming_loss(drafter, target, states, shape.anchors, g),
-                lambda path, record: save_streaming(path, drafter, target, record))
+                lambda path, record, _: save_streaming(path, drafter, target, record))
 
     def groups(drafter: StreamingDrafter) -> list[dict]:
         lora = [p for name, p in drafter.named_parameters() if p.requires_grad and name != "streams"]
