@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 # Tests never touch the network: no model hub, no dataset hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -8,11 +9,30 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # and subprocesses (run.py sweeps) inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+ROOT = Path(__file__).resolve().parents[1]
+CUDA = torch.cuda.is_available()
+
 # Without a GPU, Triton kernels (the fused verifiers) run in Triton's interpreter; it must be chosen before
 # anything first imports triton.
-if not torch.cuda.is_available():
+if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """Where kernel and reference tests put their tensors: the GPU when there is one (Triton kernels then
+    compile), else the CPU (they run in the interpreter)."""
+    return torch.device("cuda" if CUDA else "cpu")
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """This process's environment for a child process (run.py, a script), with this checkout first on
+    PYTHONPATH and the parent's PYTHONPATH kept after it: packages may come from there (the GPU image's
+    hydra does)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return os.environ | {"PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"} | extra

@@ -129,7 +129,9 @@ def _sample_walk(logits_ptr, tokens_ptr, parents_ptr, probs_ptr, uniforms_ptr, s
 def _greedy_walk(tokens_ptr, parents_ptr, argmax_ptr, N, N_P2: tl.constexpr):
     """The deepest node whose whole path matches the argmax (the first of equals), walked back to the root."""
     i = tl.arange(0, N_P2)
-    parents = tl.load(parents_ptr + i, mask=i < N, other=-1)
+    # int32 like `best`, which starts the walk below: a loop-carried value must keep its type (the GPU
+    # compiler rejects int32 -> int64; the interpreter does not), and parents arrive as int64.
+    parents = tl.load(parents_ptr + i, mask=i < N, other=-1).to(tl.int32)
     ok = tl.zeros([N_P2], tl.int32)
     depth = tl.zeros([N_P2], tl.int32)
     best = -1
