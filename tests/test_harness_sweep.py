@@ -1,7 +1,6 @@
 """run.py as a user runs it: a multirun sweep into one tidy CSV and figures, and a sweep killed mid-way."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import child_environment
 from test_harness_analysis import script
 
 from flashspec.harness.runner import COLUMNS
@@ -36,13 +36,8 @@ def command(data_dir: Path, sweep: Path, *overrides: str) -> list[str]:
             "progress=false", f"hydra.sweep.dir={sweep}", *overrides]
 
 
-def environment() -> dict:
-    # One thread per process: the suite may run in parallel on two cores.
-    return os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-
-
 def launch(args: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(args, cwd=ROOT, env=child_environment(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -84,7 +79,7 @@ def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path, data_dir)
     args = command(data_dir, sweep, "gamma=2,4", "warmup=0")
     log = tmp_path / "killed.log"
     with log.open("w") as sink:  # a file, not a pipe: a full pipe would stall the sweep
-        proc = subprocess.Popen(args, cwd=ROOT, env=environment(), stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, cwd=ROOT, env=child_environment(), stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while not list(sweep.glob(f"*/{DONE}")):
         assert proc.poll() is None, log.read_text()[-3000:]

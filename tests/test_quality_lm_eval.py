@@ -2,13 +2,13 @@
 the target's likelihoods are the model's own."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import child_environment
 from lm_eval.api.instance import Instance
 from omegaconf import OmegaConf
 
@@ -47,7 +47,7 @@ def write_task(folder: Path, answers: list[str]) -> None:
 def test_lm_eval_cli_runs_a_generation_task_through_the_engine(tmp_path):
     answers = autoregressive(QUESTIONS)
     write_task(tmp_path, answers)
-    env = os.environ | {"PYTHONPATH": str(ROOT), "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    env = child_environment(HF_DATASETS_CACHE=str(tmp_path / "cache"))
     args = [sys.executable, "-m", "flashspec.quality.lm_eval_adapter", "--model", "flashspec",
             "--model_args", "bandit=ucb1", "gamma=3", "--device", "cpu",
             "--tasks", "flashspec_smoke", "--include_path", str(tmp_path), "--limit", "3",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import child_environment
 from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 
@@ -87,8 +88,7 @@ def test_pool_sizes_and_errors(monkeypatch):
 def test_two_job_sweep_through_the_joblib_launcher(tmp_path):
     """Two runs in parallel worker processes, each with its own (pretend) GPU; the sweep CSV has both."""
     sweep = tmp_path / "sweep"
-    env = os.environ | {"FLASHSPEC_GPUS": "0,1", "FLASHSPEC_GPU_LOCKS": str(tmp_path / "locks"),
-                        "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = child_environment(FLASHSPEC_GPUS="0,1", FLASHSPEC_GPU_LOCKS=str(tmp_path / "locks"))
     args = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=joblib_gpus", "gamma=2,4",
             "target=tiny", "dataset.limit=1", "max_new_tokens=6", "warmup=0", "progress=false",
             f"hydra.sweep.dir={sweep}"]
