@@ -1,6 +1,7 @@
 # The commands researchers run; every recipe is one line that can also be typed by hand.
 #   make test         the whole suite on the CPU (what CI runs: the README's test command, after its install)
-#   make test-gpu     the suite on a CUDA machine: Triton kernels compiled, device-aware tests on the GPU
+#   make test-gpu     the suite on a CUDA machine (Triton kernels compiled, device-aware tests on the GPU,
+#                     tests/test_gpu.py), its output with the commit and device into $(GPU_LOG)
 #   make test-chaos   faults: a sweep killed mid-run resumes, dead workers free their GPUs, runaway code
 #                     is stopped, torn files never count, bad inputs fail with a clear error
 #   make bench-quick  a GPU smoke benchmark, fewer points (scripts/bench_h100.py --quick)
@@ -8,6 +9,8 @@
 PYTHON ?= python
 BENCH_OUT ?= results/h100
 QUICK_OUT ?= /tmp/flashspec-bench-quick
+GPU_LOG ?= results/gpu/pytest.txt
+COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 CHAOS = tests/test_harness_sweep.py::test_killed_sweep_resumes_without_redoing_or_losing_runs \
 	tests/test_scale_out.py::test_live_workers_never_share_a_gpu_and_a_dead_workers_gpu_is_reused \
 	tests/test_quality_humaneval.py::test_runaway_programs_are_stopped \
@@ -18,9 +21,13 @@ CHAOS = tests/test_harness_sweep.py::test_killed_sweep_resumes_without_redoing_o
 test:
 	$(PYTHON) -m pytest -n 2 -q
 
+# One file per worker (--dist loadfile): a module's models and compiled kernels are built once; -rs: each skip's reason.
 test-gpu:
 	$(PYTHON) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'test-gpu needs a CUDA GPU (make test runs on the CPU)')"
-	$(PYTHON) -m pytest -q
+	mkdir -p $(dir $(GPU_LOG))
+	$(PYTHON) -c "import torch, triton; print('commit $(COMMIT),', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| triton', triton.__version__)" > $(GPU_LOG)
+	$(PYTHON) -m pytest -n 4 --dist loadfile -q -rs -p no:cacheprovider >> $(GPU_LOG) 2>&1 || (cat $(GPU_LOG); exit 1)
+	cat $(GPU_LOG)
 
 test-chaos:
 	$(PYTHON) -m pytest -q $(CHAOS)

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 from pathlib import Path
 
@@ -21,6 +22,15 @@ CUDA = torch.cuda.is_available()
 # anything first imports triton.
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+# The GPU image has no lm-eval: its test module cannot even be imported there (the header says so).
+NO_LM_EVAL = importlib.util.find_spec("lm_eval") is None
+collect_ignore = ["test_quality_lm_eval.py"] if NO_LM_EVAL else []
+
+
+def pytest_report_header() -> list[str]:
+    return ["lm-eval is not installed: tests/test_quality_lm_eval.py not collected"] if NO_LM_EVAL else []
 
 
 @pytest.fixture(scope="session")

@@ -11,22 +11,23 @@ from flashspec.config import SamplingConfig
 from flashspec.verify import process_logits, verify_reference
 from flashspec.verify.tree import verify_tree_reference
 from flashspec.verify.tree_triton import verify_tree_triton
-from flashspec.verify.triton_kernel import INTERPRETER
+from flashspec.verify.triton_kernel import INTERPRETER, Tuning
 
 V, DRAWS, ROOT = 5, 20_000, 0
 # Three siblings under the root, two under the first, then deeper: both sibling tests and paths get used.
 SHAPE = torch.tensor([-1, -1, -1, 0, 0, 1, 3])
 
 
-def random_case(n: int, vocab: int, seed: int, stochastic: bool, hit: float = 0.6):
-    """A random tree (parents precede children) whose tokens often are the target's argmax at their parent."""
+def random_case(n: int, vocab: int, seed: int, stochastic: bool, hit: float = 0.6, device="cpu"):
+    """A random tree (parents precede children) whose tokens often are the target's argmax at their parent;
+    all on `device` but the parents, which stay on the CPU (as the engine's)."""
     g = torch.Generator().manual_seed(seed)
     parents = torch.tensor([int(torch.randint(-1, i, (1,), generator=g)) for i in range(n)], dtype=torch.long)
     logits = torch.randn(n + 1, vocab, generator=g) * 2
     tokens = torch.randint(0, vocab, (n,), generator=g)
     tokens = torch.where(torch.rand(n, generator=g) < hit, logits.argmax(-1)[parents + 1], tokens)
-    probs = torch.randn(n, vocab, generator=g).softmax(-1) if stochastic else None
-    return logits, tokens, parents, probs, torch.rand(n + 1, generator=g)
+    probs = torch.randn(n, vocab, generator=g).softmax(-1).to(device) if stochastic else None
+    return logits.to(device), tokens.to(device), parents, probs, torch.rand(n + 1, generator=g).to(device)
 
 
 # ------------------------------------------------------------------ the chain case
@@ -132,19 +133,21 @@ def test_chi_square_catches_siblings_drawn_without_replacement():
 
 # ------------------------------------------------------------------ the Triton kernel
 SMALL_BLOCKS = replace(INTERPRETER, block_v=64, chunk=128, cap=64)  # several blocks and chunks per row
+DEVICE_DEFAULT: Tuning | None = None  # the launch shape the kernel picks for the device: the GPU's or the interpreter's
+
 
 @pytest.mark.parametrize(("n", "vocab", "sampling", "stochastic", "tuning"), [
     (64, 97, SamplingConfig(), False, SMALL_BLOCKS),
-    (64, 300, SamplingConfig(1.0), True, INTERPRETER),
-    (48, 1000, SamplingConfig(1.0), False, INTERPRETER),
+    (64, 300, SamplingConfig(1.0), True, DEVICE_DEFAULT),
+    (48, 1000, SamplingConfig(1.0), False, DEVICE_DEFAULT),
     (12, 257, SamplingConfig(0.7, top_k=20, top_p=0.8), True, SMALL_BLOCKS),
     (20, 33, SamplingConfig(0.5, top_p=0.9), False, SMALL_BLOCKS),
-    (1, 5, SamplingConfig(1.0), True, INTERPRETER),
+    (1, 5, SamplingConfig(1.0), True, DEVICE_DEFAULT),
 ])
-def test_triton_equals_reference(n, vocab, sampling, stochastic, tuning):
+def test_triton_equals_reference(n, vocab, sampling, stochastic, tuning, device):
     depths = []
     for seed in range(2):
-        case = random_case(n, vocab, seed, stochastic)
+        case = random_case(n, vocab, seed, stochastic, device=device)
         expected = verify_tree_reference(*case[:4], sampling, case[4])
         got = verify_tree_triton(*case[:4], sampling, case[4], tuning)
         assert [t.tolist() for t in got] == [t.tolist() for t in expected], seed
@@ -154,8 +157,8 @@ def test_triton_equals_reference(n, vocab, sampling, stochastic, tuning):
 
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("verify", [verify_tree_reference, verify_tree_triton])
-def test_bad_trees_are_named(verify):
-    logits, tokens, _, _, u = random_case(3, 8, 0, False)
+def test_bad_trees_are_named(verify, device):
+    logits, tokens, _, _, u = random_case(3, 8, 0, False, device=device)
     with pytest.raises(ValueError, match=r"parents\[1\] = 1"):
         verify(logits, tokens, torch.tensor([-1, 1, 0]), None, SamplingConfig(), u)
     with pytest.raises(ValueError, match="uniforms has shape"):

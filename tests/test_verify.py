@@ -1,6 +1,7 @@
 """The verifier: the reference against direct float64 computations, the Triton kernel against the reference.
 
-Without a GPU the kernel runs in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1).
+Kernel tests run on the `device` fixture (tests/conftest.py): the GPU when there is one, else the CPU, where
+the kernel runs in Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from flashspec.config import SamplingConfig
 from flashspec.verify import process_logits, sample_from, verify, verify_reference, verify_triton
 from flashspec.verify.triton_kernel import Tuning
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SAMPLINGS = {
     "greedy": SamplingConfig(),
     "t1": SamplingConfig(temperature=1.0),
@@ -24,7 +24,8 @@ SAMPLINGS = {
 }
 
 
-def make_inputs(b: int, g: int, vocab: int, sampling: SamplingConfig, stochastic: bool, seed: int):
+def make_inputs(b: int, g: int, vocab: int, sampling: SamplingConfig, stochastic: bool, seed: int,
+                device: torch.device | str = "cpu"):
     """Random logits at an LLM-like scale; draft tokens half from the target (acceptances), half from q.
     Row 0 drafts from the target itself (q = p when stochastic), so long acceptances and bonus samples
     happen too."""
@@ -39,7 +40,7 @@ def make_inputs(b: int, g: int, vocab: int, sampling: SamplingConfig, stochastic
     tokens[0] = from_p[0]
     u = torch.rand(b, g + 1, generator=gen)
     draft_probs = q if stochastic else None
-    return [x.to(DEVICE) if x is not None else None for x in (logits, tokens, draft_probs, u)]
+    return [x.to(device) if x is not None else None for x in (logits, tokens, draft_probs, u)]
 
 
 def assert_same_outcome(ours, theirs) -> None:
@@ -65,8 +66,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("vocab,gamma,mode,stochastic", CASES)
-def test_triton_matches_reference(vocab: int, gamma: int, mode: str, stochastic: bool) -> None:
-    args = make_inputs(2, gamma, vocab, SAMPLINGS[mode], stochastic, seed=vocab + gamma)
+def test_triton_matches_reference(vocab: int, gamma: int, mode: str, stochastic: bool, device) -> None:
+    args = make_inputs(2, gamma, vocab, SAMPLINGS[mode], stochastic, seed=vocab + gamma, device=device)
     assert_same_outcome(verify_triton(*args[:3], SAMPLINGS[mode], args[3]),
                         verify_reference(*args[:3], SAMPLINGS[mode], args[3]))
 
@@ -77,39 +78,38 @@ GPU_LIKE = Tuning(block_v=256, chunk=1024, cap=64, pivots_row=2, pivots_cand=8, 
 
 
 @pytest.mark.parametrize("mode,stochastic", [("t1", True), ("t0.7_topk100_topp0.8", True), ("greedy", False)])
-def test_triton_matches_reference_in_gpu_launch_shape(mode: str, stochastic: bool) -> None:
-    args = make_inputs(2, 3, 3000, SAMPLINGS[mode], stochastic, seed=7)
+def test_triton_matches_reference_in_gpu_launch_shape(mode: str, stochastic: bool, device) -> None:
+    args = make_inputs(2, 3, 3000, SAMPLINGS[mode], stochastic, seed=7, device=device)
     assert_same_outcome(verify_triton(*args[:3], SAMPLINGS[mode], args[3], GPU_LIKE),
                         verify_reference(*args[:3], SAMPLINGS[mode], args[3]))
 
 
 @pytest.mark.parametrize("impl", [verify_reference, verify_triton])
-def test_rejection_without_residual_mass_samples_the_target(impl) -> None:
+def test_rejection_without_residual_mass_samples_the_target(impl, device) -> None:
     # Greedy target, q one-hot at the argmax but a different token drafted: p(x) = q(x) = 0 rejects, and
     # max(p - q, 0) is all zero, so the sample must come from p.
-    logits = torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(0)).to(device)
     best = logits.argmax(-1)
     q = torch.nn.functional.one_hot(best[:, :1], 64).float()
-    n, tokens = impl(logits, (best[:, :1] + 1) % 64, q, SamplingConfig(), torch.full((1, 2), 0.5))
+    n, tokens = impl(logits, (best[:, :1] + 1) % 64, q, SamplingConfig(), torch.full((1, 2), 0.5, device=device))
     assert n.tolist() == [0] and tokens[0, 0] == best[0, 0]
 
 
-def test_greedy_accepts_exactly_the_argmax_prefix() -> None:
-    logits = torch.randn(4, 6, 100, generator=torch.Generator().manual_seed(1))
+def test_greedy_accepts_exactly_the_argmax_prefix(device) -> None:
+    logits = torch.randn(4, 6, 100, generator=torch.Generator().manual_seed(1)).to(device)
     best = logits.argmax(-1)
     drafts = best[:, :5].clone()
     drafts[1, 2] = (drafts[1, 2] + 1) % 100
     drafts[2, 0] = (drafts[2, 0] + 1) % 100
-    u = torch.rand(4, 6, generator=torch.Generator().manual_seed(2))
-    n, tokens = verify_reference(logits, drafts, None, SamplingConfig(), u)
-    assert n.tolist() == [5, 2, 0, 5]
+    u = torch.rand(4, 6, generator=torch.Generator().manual_seed(2))  # on the CPU: the reference moves it
+    n, tokens = verify_reference(logits, drafts.cpu(), None, SamplingConfig(), u)
+    assert n.tolist() == [5, 2, 0, 5] and tokens.device == logits.device
     for row, k in enumerate(n.tolist()):
         assert torch.equal(tokens[row, : k + 1], best[row, : k + 1])
 
 
 def test_verify_on_cpu_is_the_reference() -> None:
     args = make_inputs(2, 3, 500, SAMPLINGS["t1"], True, seed=3)
-    args = [a.cpu() for a in args]
     sampling = SAMPLINGS["t1"]
     assert_same_outcome(verify(*args[:3], sampling, args[3]), verify_reference(*args[:3], sampling, args[3]))
 
@@ -154,9 +154,9 @@ def test_process_logits_greedy_is_one_hot_at_the_first_argmax() -> None:
     assert torch.equal(probs, torch.tensor([[0.0, 1, 0, 0], [1, 0, 0, 0]]))
 
 
-def test_sample_from_is_the_inverse_cdf() -> None:
-    probs = torch.tensor([0.1, 0.0, 0.3, 0.0, 0.6]).expand(7, 5)
-    u = torch.tensor([0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 0.9999])
+def test_sample_from_is_the_inverse_cdf(device) -> None:
+    probs = torch.tensor([0.1, 0.0, 0.3, 0.0, 0.6], device=device).expand(7, 5)
+    u = torch.tensor([0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 0.9999])  # on the CPU, as the engine's may be
     cdf = np.cumsum([0.1, 0.0, 0.3, 0.0, 0.6])
     # First index whose cumulative mass exceeds u * total: zero-mass tokens are never drawn.
     want = np.searchsorted(cdf, u.numpy() * cdf[-1], side="right")
@@ -171,12 +171,12 @@ def test_non_finite_logits_are_rejected() -> None:
     logits, tokens, _, u = make_inputs(1, 2, 50, SAMPLINGS["t1"], False, seed=0)
     logits[0, 1, 3] = float("nan")
     with pytest.raises(ValueError, match="non-finite logits"):
-        verify_reference(logits.cpu(), tokens.cpu(), None, SAMPLINGS["t1"], u.cpu())
+        verify_reference(logits, tokens, None, SAMPLINGS["t1"], u)
 
 
 @pytest.mark.parametrize("impl", [verify_reference, verify_triton])
-def test_mismatched_shapes_are_rejected(impl) -> None:
-    logits, tokens, q, u = make_inputs(2, 3, 50, SAMPLINGS["t1"], True, seed=0)
+def test_mismatched_shapes_are_rejected(impl, device) -> None:
+    logits, tokens, q, u = make_inputs(2, 3, 50, SAMPLINGS["t1"], True, seed=0, device=device)
     with pytest.raises(ValueError, match="draft_tokens has shape"):
         impl(logits, tokens[:, :2], q, SAMPLINGS["t1"], u)
     with pytest.raises(ValueError, match="draft_probs has shape"):

@@ -20,13 +20,17 @@ SAMPLINGS = [SamplingConfig(temperature=1.0), SamplingConfig(temperature=1.0, to
              SamplingConfig(temperature=1.0, top_k=3)]
 
 
-def draw(verify, rows: int, sampling: SamplingConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One verify call over `rows` independent rows: drafts sampled from q, fresh uniforms."""
+def draw(verify, rows: int, sampling: SamplingConfig, seed: int, device: torch.device | str = "cpu"
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One verify call over `rows` independent rows on `device`: drafts sampled from q, fresh uniforms; the
+    outcome comes back on the CPU."""
     gen = torch.Generator().manual_seed(seed)
     draft_probs = DRAFT.expand(rows, -1, -1).contiguous()
     drafts = torch.multinomial(DRAFT, rows, replacement=True, generator=gen).T.contiguous()
     logits = TARGET.expand(rows, -1, -1).contiguous()
-    return verify(logits, drafts, draft_probs, sampling, torch.rand(rows, 3, generator=gen))
+    inputs = [t.to(device) for t in (logits, drafts, draft_probs, torch.rand(rows, 3, generator=gen))]
+    n, tokens = verify(*inputs[:3], sampling, inputs[3])
+    return n.cpu(), tokens.cpu()
 
 
 def chi_square_p(tokens: torch.Tensor, p: torch.Tensor) -> float:
@@ -62,11 +66,11 @@ def test_a_verifier_that_accepts_everything_is_caught() -> None:
 
 
 @pytest.mark.parametrize("sampling,rows", [(SAMPLINGS[0], 150), (SAMPLINGS[1], 80)], ids=["t1", "topp0.9"])
-def test_triton_is_the_reference_on_these_draws(sampling: SamplingConfig, rows: int) -> None:
+def test_triton_is_the_reference_on_these_draws(sampling: SamplingConfig, rows: int, device) -> None:
     # The interpreter runs some twenty rows a second: fewer draws, each identical to the reference's, which
     # carries the reference's 20000-draw test over; the chi-square here catches a gross error on its own.
-    ours = draw(verify_triton, rows, sampling, seed=1)
-    theirs = draw(verify_reference, rows, sampling, seed=1)
+    ours = draw(verify_triton, rows, sampling, seed=1, device=device)
+    theirs = draw(verify_reference, rows, sampling, seed=1, device=device)
     for row, k in enumerate(theirs[0].tolist()):
         assert ours[0][row] == k and torch.equal(ours[1][row, : k + 1], theirs[1][row, : k + 1]), row
     first, second = position_p_values(*ours, sampling)

@@ -56,7 +56,13 @@ def sample_from(probs: Tensor, u: Tensor) -> Tensor:
     the first index whose cumulative mass (float64) exceeds u * total."""
     cdf = probs.double().cumsum(-1)
     # u < 1 keeps u * total below the total, so some index always exceeds it.
-    return (cdf <= u[..., None].double() * cdf[..., -1:]).sum(-1)
+    return (cdf <= u.to(cdf.device)[..., None].double() * cdf[..., -1:]).sum(-1)
+
+
+def to_device(device: torch.device, *tensors: Tensor | None) -> list[Tensor | None]:
+    """The inputs on the logits' device: a caller may hand uniforms or drafts from another (a target spread
+    with device_map gives logits on its last GPU, the engine's uniforms come from its own device)."""
+    return [None if t is None else t.to(device) for t in tensors]
 
 
 def check_inputs(
@@ -90,6 +96,7 @@ def verify_reference(
         )
     b, g1, vocab = target_logits.shape
     g = g1 - 1
+    draft_tokens, draft_probs, uniforms = to_device(target_logits.device, draft_tokens, draft_probs, uniforms)
     p = process_logits(target_logits, sampling)
     if draft_probs is None:  # a deterministic draft: q is one-hot at the drafted token
         draft_probs = torch.nn.functional.one_hot(draft_tokens, vocab).float()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from flashspec.models.base import tree_mask
-from flashspec.verify.reference import process_logits, sample_from
+from flashspec.verify.reference import process_logits, sample_from, to_device
 
 
 def check_tree_inputs(
@@ -76,6 +76,7 @@ def verify_tree_reference(
             "non-finite logits (NaN or inf) in target_logits: check the target's weights and dtype "
             "(float16 often overflows; use bfloat16 or float32)"
         )
+    tokens, parents, draft_probs, uniforms = to_device(target_logits.device, tokens, parents, draft_probs, uniforms)
     if sampling.temperature == 0:
         path = _greedy_path(target_logits.argmax(-1), tokens, parents)
         final = target_logits[path[-1] + 1 if path else 0].argmax()
