@@ -152,7 +152,7 @@ class SpeculativeEngine:
     def _verify(self, logits: Tensor, draft: Draft, sampling: SamplingConfig, generator) -> tuple[Tensor, Tensor]:
         if len(draft) == 0:  # nothing to check: a plain autoregressive step
             u = torch.rand(1, device=self.device, generator=generator)
-            return torch.zeros(1, dtype=torch.long, device=self.device), sample_from(
+            return torch.zeros(1, dtype=torch.long, device=logits.device), sample_from(
                 process_logits(logits[-1:], sampling), u
             )
         u = torch.rand(1, len(draft) + 1, device=self.device, generator=generator)
