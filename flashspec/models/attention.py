@@ -106,33 +106,31 @@ def _decode_attention_split(
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION, UPCAST)
         m = m_new
 
-    store = rows < tl.where(lo < used, n * rep, 0)  # only splits inside the used length write
+    # Every split writes its max (-inf where a row saw nothing, so the combination skips it); only splits
+    # inside the used length write their outputs.
     part = (kvh * max_splits + split) * M_PAD + rows
-    tl.store(ml_ptr + part * 2, m, mask=store)
-    tl.store(ml_ptr + part * 2 + 1, sum_p, mask=store)
-    tl.store(acc_ptr + part[:, None] * D_PAD + d[None, :], acc, mask=store[:, None])
+    tl.store(ml_ptr + part * 2, m, mask=live)
+    tl.store(ml_ptr + part * 2 + 1, sum_p, mask=live)
+    inside_used = rows < tl.where(lo < used, n * rep, 0)
+    tl.store(acc_ptr + part[:, None] * D_PAD + d[None, :], acc, mask=inside_used[:, None])
 
 
 @triton.jit
 def _decode_attention_combine(
-    out_ptr, pos_ptr, acc_ptr, ml_ptr, n, rep, max_splits, stride_ot, stride_oh,
-    D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, N_P2: tl.constexpr,
-    SPLITS_P2: tl.constexpr,
+    out_ptr, acc_ptr, ml_ptr, rep, max_splits, stride_ot, stride_oh,
+    D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, SPLITS: tl.constexpr,
 ):
     """One output row (token, head): the splits written by _decode_attention_split, weighted by
     log-sum-exp."""
     token = tl.program_id(0)
     head = tl.program_id(1)
-    row = token * rep + head % rep
-    used, per_split = _split_size(pos_ptr, n, max_splits, N_P2, BLOCK_N)
-    split = tl.arange(0, SPLITS_P2)
-    written = split < tl.cdiv(used, per_split)
-    part = ((head // rep) * max_splits + split) * M_PAD + row
-    m = tl.load(ml_ptr + part * 2, mask=written, other=-float("inf"))
-    sum_p = tl.load(ml_ptr + part * 2 + 1, mask=written, other=0.0)
+    split = tl.arange(0, SPLITS)
+    part = ((head // rep) * max_splits + split) * M_PAD + token * rep + head % rep
+    m = tl.load(ml_ptr + part * 2)
+    sum_p = tl.load(ml_ptr + part * 2 + 1)
     w = tl.exp2(m - tl.max(m, 0))  # split 0 holds slot 0, which every row sees: the max is finite
     d = tl.arange(0, D_PAD)
-    acc = tl.load(acc_ptr + part[:, None] * D_PAD + d[None, :], mask=written[:, None] & (d[None, :] < D),
+    acc = tl.load(acc_ptr + part[:, None] * D_PAD + d[None, :], mask=(w[:, None] > 0) & (d[None, :] < D),
                   other=0.0)
     out = tl.sum(acc * w[:, None], 0) / tl.sum(sum_p * w, 0)
     tl.store(out_ptr + token * stride_ot + head * stride_oh + d, out.to(out_ptr.dtype.element_ty), mask=d < D)
@@ -161,6 +159,18 @@ def check_inputs(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor)
                          "before triton is imported: use the reference on the CPU")
 
 
+def tiling(rows: int, dim: int, kv_heads: int, span: int, device: torch.device) -> tuple[int, ...]:
+    """Padded head size, query rows and keys per block, query blocks, and splits: a power of two near
+    PROGRAMS_PER_SM programs per SM over all KV heads and query blocks (H200, Llama-3-8B, one row: 32 splits,
+    so 64 tokens each at 2048 cached tokens; 8 splits at 512), never more than the cache has key blocks."""
+    d_pad = max(16, triton.next_power_of_2(dim))  # tl.dot needs 16 or more on every side
+    block_m = min(64, max(16, triton.next_power_of_2(rows)))
+    block_n = 64 if d_pad <= 128 else 32
+    m_blocks = triton.cdiv(rows, block_m)
+    splits = min(PROGRAMS_PER_SM * sm_count(device) // (kv_heads * m_blocks), triton.cdiv(span, block_n))
+    return d_pad, block_m, block_n, m_blocks, triton.next_power_of_2(splits + 1) // 2 if splits > 1 else 1
+
+
 @torch.library.custom_op("flashspec::decode_attention", mutates_args=())
 def decode_attention_triton(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor) -> Tensor:
     """decode_attention_reference's result, reading only the used part of the cache (see the module doc).
@@ -169,12 +179,7 @@ def decode_attention_triton(q: Tensor, k_cache: Tensor, v_cache: Tensor, positio
     n, heads, dim = q.shape
     kv_heads = k_cache.shape[0]
     rep = heads // kv_heads
-    d_pad = max(16, triton.next_power_of_2(dim))  # tl.dot needs 16 or more on every side
-    block_n = 64 if d_pad <= 128 else 32
-    block_m = min(64, max(16, triton.next_power_of_2(n * rep)))
-    m_blocks = triton.cdiv(n * rep, block_m)
-    max_splits = max(1, min(triton.cdiv(PROGRAMS_PER_SM * sm_count(q.device), kv_heads * m_blocks),
-                            triton.cdiv(k_cache.shape[1], block_n)))
+    d_pad, block_m, block_n, m_blocks, max_splits = tiling(n * rep, dim, kv_heads, k_cache.shape[1], q.device)
     m_pad = m_blocks * block_m
     acc = torch.empty(kv_heads, max_splits, m_pad, d_pad, dtype=torch.float32, device=q.device)
     ml = torch.empty(kv_heads, max_splits, m_pad, 2, dtype=torch.float32, device=q.device)
@@ -187,10 +192,11 @@ def decode_attention_triton(q: Tensor, k_cache: Tensor, v_cache: Tensor, positio
         q, k_cache, v_cache, positions, acc, ml, n, rep, max_splits, qk_scale, *q.stride(), *k_cache.stride(),
         *v_cache.stride(), D=dim, D_PAD=d_pad, M_PAD=m_pad, BLOCK_M=block_m, BLOCK_N=block_n, N_P2=n_p2,
         PRECISION=precision, UPCAST=q.device.type == "cpu",
+        num_warps=4 if block_m <= 16 else 8, num_stages=2,  # no register spills on sm_90 (ptxas, Triton 3.9)
     )
     _decode_attention_combine[(n, heads)](
-        out, positions, acc, ml, n, rep, max_splits, out.stride(0), out.stride(1), D=dim, D_PAD=d_pad,
-        M_PAD=m_pad, BLOCK_N=block_n, N_P2=n_p2, SPLITS_P2=triton.next_power_of_2(max_splits),
+        out, acc, ml, rep, max_splits, out.stride(0), out.stride(1), D=dim, D_PAD=d_pad, M_PAD=m_pad,
+        SPLITS=max_splits,
     )
     return out
 
