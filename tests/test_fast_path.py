@@ -1,6 +1,8 @@
 """The fast decoding path on the CPU: the static-shape step (what CUDA graphs capture) against the eager
 forward, losslessness with it switched on, and the controlled-acceptance benchmark arm."""
 
+import os
+
 import pytest
 import torch
 import transformers as tf
@@ -8,7 +10,7 @@ import transformers as tf
 from flashspec import ArmConfig, BanditConfig, FlashSpecConfig, SpeculativeEngine, TargetConfig
 from flashspec.arms import DraftModelArm
 from flashspec.arms.controlled import ControlledArm
-from flashspec.models import load_model
+from flashspec.models import load_hf, load_model
 from flashspec.models.native import NativeLlama, fuse_linears
 
 SHAPE = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -31,9 +33,15 @@ def build(family: str, seed: int = 0):
     return model
 
 
+# The Triton decode attention on the CPU: through Triton's interpreter (tests/test_attention_gpu.py: on CUDA)
+INTERPRETED = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
+ATTENTION = ["reference", pytest.param("triton", marks=INTERPRETED)]
+
+
+@pytest.mark.parametrize("attention", ATTENTION)
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_static_step_matches_eager_forward(family):
-    eager, static = NativeLlama(build(family), 96), NativeLlama(build(family), 96, graphs=True)
+def test_static_step_matches_eager_forward(family, attention):
+    eager, static = NativeLlama(build(family), 96), NativeLlama(build(family), 96, graphs=True, attention=attention)
     prompt = torch.randint(0, 97, (40,), generator=torch.Generator().manual_seed(1))
     blocks = [torch.randint(0, 97, (n,), generator=torch.Generator().manual_seed(n)) for n in (1, 3, 9, 1, 5)]
     assert torch.allclose(eager.forward(prompt).logits, static.forward(prompt).logits, atol=1e-5)
@@ -104,6 +112,24 @@ def test_greedy_speculative_with_the_static_step_is_lossless(gamma):
         assert out.token_ids == plain.generate(p, 32).token_ids, p
         accepted += sum(a.accepted for a in out.arms.values())
     assert accepted > 0
+
+
+@INTERPRETED
+def test_greedy_speculative_with_the_triton_decode_attention_is_lossless():
+    cfg = TargetConfig(cuda_graphs=True)
+    target = NativeLlama(load_hf("tiny", cfg)[0], cfg.max_context, graphs=True, attention="triton")
+    draft = DraftModelArm(load_model("tiny-draft", cfg)[0])
+    plain = SpeculativeEngine(FlashSpecConfig(TargetConfig(cuda_graphs=False), bandit=BanditConfig("none")))
+    fast = FlashSpecConfig(gammas=[4], bandit=BanditConfig("fixed"))
+    fast = SpeculativeEngine(fast, target=target, tokenizer=plain.tokenizer, arms=[draft])
+    out = fast.generate(PROMPTS[0], 16)
+    assert out.token_ids == plain.generate(PROMPTS[0], 16).token_ids
+    assert sum(a.accepted for a in out.arms.values()) > 0
+
+
+def test_unknown_decode_attention_is_refused():
+    with pytest.raises(ValueError, match="use auto, triton or reference"):
+        NativeLlama(build("llama"), 32, graphs=True, attention="flash")
 
 
 def controlled_engine(rate: float, gamma: int = 4) -> tuple[SpeculativeEngine, ControlledArm]:

@@ -5,11 +5,13 @@ just moving `length`, and a token tree is one forward with an ancestor mask. Nor
 embedding are the Hugging Face submodules themselves, so a new Llama-like family needs no fork of its code.
 
 With `graphs=True`, decoding steps (chains of up to GRAPH_TOKENS tokens) take a static-shape forward
-instead: every shape depends on the block length n alone (attention spans the whole cache behind a mask),
-and the block's tokens and positions are written into fixed device buffers, so nothing in the step reads a
-Python number off the device. On CUDA each n is captured once as a CUDA graph and replayed, the layer is
-compiled (one compiled layer serves all of them), and q/k/v and gate/up each run as one matmul; on the CPU
-the same static forward runs uncaptured, which is how tests check it against the eager path.
+instead: every shape depends on the block length n alone, and the block's tokens and positions are written
+into fixed device buffers, so nothing in the step reads a Python number off the device. Its attention
+(`attention.py`) takes the used length from the positions on the device: on CUDA a split-KV Triton kernel
+that reads only the filled part of the cache, on the CPU the reference (SDPA over the cache behind a mask).
+On CUDA each n is captured once as a CUDA graph and replayed, the layer is compiled (one compiled layer
+serves all of them), and q/k/v and gate/up each run as one matmul; on the CPU the same static forward runs
+uncaptured, which is how tests check it against the eager path.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from flashspec.models.attention import IMPLEMENTATIONS
 from flashspec.models.base import CausalLM, Scores, tree_depths, tree_mask
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
@@ -48,10 +51,12 @@ class NativeLlama(CausalLM):
     supports_tree = True
 
     def __init__(
-        self, model: PreTrainedModel, max_context: int, graphs: bool = False, compile: bool | None = None
+        self, model: PreTrainedModel, max_context: int, graphs: bool = False, compile: bool | None = None,
+        attention: str = "auto",
     ) -> None:
         """`graphs`: decode through the static-shape path (captured on CUDA). `compile`: compile its layer
-        (default: when capturing on CUDA)."""
+        (default: when capturing on CUDA). `attention`: that path's decode attention, triton or reference
+        (auto: triton on CUDA; on the CPU triton needs TRITON_INTERPRET=1)."""
         cfg = model.config
         self.model = model.eval()
         self.vocab_size = cfg.vocab_size
@@ -73,6 +78,11 @@ class NativeLlama(CausalLM):
             self.fused = [fuse_layer(layer) for layer in model.model.layers]
             self.cache_positions = torch.arange(max_context, device=p.device)
             self.pool = torch.cuda.graph_pool_handle() if self.capture else None
+        if attention == "auto":
+            attention = "triton" if self.device.type == "cuda" else "reference"
+        if attention not in IMPLEMENTATIONS:
+            raise ValueError(f"attention={attention!r}: use auto, triton or reference")
+        self.decode_attention = IMPLEMENTATIONS[attention]
         self.compiled = graphs and (self.capture if compile is None else compile)
         self.layer = torch.compile(self._layer) if self.compiled else self._layer
 
@@ -169,25 +179,23 @@ class NativeLlama(CausalLM):
         lm = self.model.model
         x = lm.embed_tokens(tokens)[None]
         cos, sin = lm.rotary_emb(x, positions[None])
-        # Token i sees cache slots up to its own; the slots after it hold stale entries or nothing.
-        mask = self.cache_positions[None, :] <= positions[:, None]
         if self.compiled and len(tokens) > 1:  # one compiled layer for every n > 1 (n = 1 gets its own)
-            for t, dim in ((x, 1), (cos, 1), (sin, 1), (mask, 0), (positions, 0)):
+            for t, dim in ((x, 1), (cos, 1), (sin, 1), (positions, 0)):
                 torch._dynamo.maybe_mark_dynamic(t, dim)
         captured = None
         for i, parts in enumerate(zip(lm.layers, self.fused, self.k_cache, self.v_cache, strict=True)):
             if i == self.capture_layer:
                 captured = x[0]
-            x = self.layer(*parts, x, cos, sin, mask, positions)
+            x = self.layer(*parts, x, cos, sin, positions)
         hidden = lm.norm(x)[0]
         return self.model.lm_head(hidden).float(), hidden, captured
 
     def _layer(
         self, layer: nn.Module, fused: tuple, k_cache: Tensor, v_cache: Tensor, x: Tensor, cos: Tensor,
-        sin: Tensor, mask: Tensor, slots: Tensor,
+        sin: Tensor, positions: Tensor,
     ) -> Tensor:
-        """One decoder layer over the whole cache; a pure function of its inputs, so compiling it once serves
-        every layer."""
+        """One decoder layer; a pure function of its inputs, so compiling it once serves every layer. Token i
+        sees cache slots up to positions[i]; the slots after the block hold stale entries or nothing."""
         attn, mlp = layer.self_attn, layer.mlp
         qkv, qkv_bias, gate_up, gate_up_bias = fused
         n = x.shape[1]
@@ -198,9 +206,9 @@ class NativeLlama(CausalLM):
         if hasattr(attn, "q_norm"):
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
-        k_cache.index_copy_(1, slots, k[0].transpose(0, 1))
-        v_cache.index_copy_(1, slots, v.view(n, self.n_kv_heads, self.head_dim).transpose(0, 1))
-        x = x + attn.o_proj(grouped_attention(q, k_cache, v_cache, mask))
+        k_cache.index_copy_(1, positions, k[0].transpose(0, 1))
+        v_cache.index_copy_(1, positions, v.view(n, self.n_kv_heads, self.head_dim).transpose(0, 1))
+        x = x + attn.o_proj(self.decode_attention(q[0], k_cache, v_cache, positions).view(1, n, -1))
         gate, up = F.linear(layer.post_attention_layernorm(x), gate_up, gate_up_bias).chunk(2, dim=-1)
         return x + mlp.down_proj(mlp.act_fn(gate) * up)
 
@@ -214,18 +222,6 @@ class NativeLlama(CausalLM):
         for cache in self.k_cache + self.v_cache:
             cache[:, dst] = cache[:, src]
         self.length = start + len(nodes)
-
-
-def grouped_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tensor:
-    """q [1, n, H, D] over the cache [Hkv, S, D] with mask [n, S] -> [1, n, H * D]. The H / Hkv query heads of
-    one KV head become that head's query rows, so keys and values are read once and never repeated."""
-    _, n, heads, dim = q.shape
-    kv_heads, span = k_cache.shape[0], k_cache.shape[1]
-    rep = heads // kv_heads
-    q = q.view(n, kv_heads, rep, dim).permute(1, 0, 2, 3).reshape(1, kv_heads, n * rep, dim)
-    rows = mask[:, None, :].expand(n, rep, span).reshape(n * rep, span)
-    out = F.scaled_dot_product_attention(q, k_cache[None], v_cache[None], attn_mask=rows)
-    return out.view(kv_heads, n, rep, dim).permute(1, 0, 2, 3).reshape(1, n, heads * dim)
 
 
 def fuse_layer(layer: nn.Module) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:

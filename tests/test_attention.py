@@ -1,0 +1,103 @@
+"""The split-KV decode attention kernel against its reference: Triton's interpreter on the CPU, the compiled
+kernel where CUDA is available. Cache slots past the used length hold NaN for the kernel (the reference
+gets zeros there), so any read of them shows."""
+
+import os
+
+import pytest
+import torch
+
+from flashspec.models.attention import decode_attention_reference, decode_attention_triton
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(
+    DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="no CUDA and TRITON_INTERPRET is not 1: the Triton kernel cannot run here",
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def inputs(n, heads, kv_heads, dim, span, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, heads, dim, generator=gen)
+    k, v = torch.randn(2, kv_heads, span, dim, generator=gen)
+    return [t.to(DEVICE, DTYPES[dtype]) for t in (q, k, v)]
+
+
+def poisoned(cache, used):
+    out = cache.clone()
+    out[:, used:] = float("nan")
+    return out
+
+
+def rel_err(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+# n, H, Hkv, head_dim, cache slots, used length, dtype: GQA 1..8 query heads per KV head (3: SmolLM2), MHA,
+# head sizes 16..256 and one that is no power of two, blocks of 1..33 rows, lengths from n to the last slot
+CASES = [
+    (1, 4, 2, 64, 256, 101, "float32"),
+    (1, 32, 8, 128, 512, 512, "bfloat16"),
+    (9, 8, 2, 128, 300, 209, "float32"),
+    (9, 9, 3, 64, 200, 150, "bfloat16"),
+    (33, 4, 4, 32, 128, 60, "float32"),
+    (17, 8, 1, 256, 160, 140, "float16"),
+    (3, 6, 3, 80, 200, 8, "bfloat16"),
+    (2, 4, 2, 16, 64, 2, "float32"),
+]
+
+
+@pytest.mark.parametrize("n,heads,kv_heads,dim,span,used,dtype", CASES)
+def test_kernel_matches_reference_and_never_reads_past_the_used_length(n, heads, kv_heads, dim, span, used, dtype):
+    q, k, v = inputs(n, heads, kv_heads, dim, span, dtype, seed=n * span + used)
+    positions = torch.arange(used - n, used, device=DEVICE)
+    out = decode_attention_triton(q, poisoned(k, used), poisoned(v, used), positions)
+    clean = (k[:, :used], v[:, :used])  # the reference never sees the poisoned slots
+    want = decode_attention_reference(q.float(), clean[0].float(), clean[1].float(), positions)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert torch.isfinite(out).all()
+    assert rel_err(out, want) < (1e-5 if dtype == "float32" else 1e-2)
+
+
+def test_each_row_sees_only_the_slots_up_to_its_position():
+    """Causal within the block: a change to the last row's own key reaches the last row's output only."""
+    q, k, v = inputs(5, 4, 2, 32, 64, "float32", seed=3)
+    positions = torch.arange(20, 25, device=DEVICE)
+    before = decode_attention_triton(q, k, v, positions)
+    k[:, 24] += 1.0
+    after = decode_attention_triton(q, k, v, positions)
+    assert torch.equal(before[:4], after[:4])
+    assert not torch.allclose(before[4], after[4])
+
+
+def test_one_set_of_tensors_serves_every_length():
+    """The length comes from the positions tensor alone: rewrite it in place, call again (as a graph replay
+    does), and each result matches the reference at that length."""
+    q, k, v = inputs(3, 8, 2, 64, 640, "float32", seed=5)
+    positions = torch.zeros(3, dtype=torch.long, device=DEVICE)
+    for used in (3, 64, 65, 300, 640):
+        positions.copy_(torch.arange(used - 3, used))
+        want = decode_attention_reference(q, k, v, positions)
+        assert rel_err(decode_attention_triton(q, k, v, positions), want) < 1e-5, used
+
+
+def test_kernel_is_one_opaque_op_under_compile():
+    """Dynamo and AOT autograd see the custom op (its fake implementation gives shapes, dynamic n included)
+    and do not trace into the launches."""
+    compiled = torch.compile(decode_attention_triton, backend="aot_eager", dynamic=True, fullgraph=True)
+    for n in (2, 5):
+        q, k, v = inputs(n, 4, 2, 32, 96, "float32", seed=n)
+        positions = torch.arange(40, 40 + n, device=DEVICE)
+        assert rel_err(compiled(q, k, v, positions), decode_attention_reference(q, k, v, positions)) < 1e-5
+
+
+@pytest.mark.parametrize("shapes,match", [
+    (((1, 6, 32), (4, 64, 32), (1,)), "multiple of Hkv"),
+    (((1, 4, 32), (2, 64, 16), (1,)), "head sizes must match"),
+    (((2, 4, 32), (2, 64, 32), (1,)), "one per query row"),
+])
+def test_bad_shapes_are_refused_with_one_clear_line(shapes, match):
+    q, cache, positions = (torch.zeros(s, device=DEVICE) for s in shapes)
+    with pytest.raises(ValueError, match=match):
+        decode_attention_triton(q, cache, cache, positions.long())
