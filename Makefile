@@ -3,10 +3,12 @@
 #   make test-gpu     the suite on a CUDA machine: Triton kernels compiled, device-aware tests on the GPU
 #   make test-chaos   faults: a sweep killed mid-run resumes, dead workers free their GPUs, runaway code
 #                     is stopped, torn files never count, bad inputs fail with a clear error
-#   make bench-quick  a GPU smoke benchmark, fewer points (scripts/bench_h100.py --quick)
-#   make bench        the full GPU benchmark into results/h100, then the README's results table
+#   make bench-quick  a GPU smoke benchmark of about 3 minutes, fewer points (scripts/bench_gpu.py --quick)
+#   make bench        the full GPU benchmark into results/gpu, then the README's results table
+#                     (SMOLLM2=<save_pretrained folder> adds the real SmolLM2-135M and the harness section)
 PYTHON ?= python
-BENCH_OUT ?= results/h100
+BENCH_OUT ?= results/gpu
+SMOLLM2 ?=
 QUICK_OUT ?= /tmp/flashspec-bench-quick
 CHAOS = tests/test_harness_sweep.py::test_killed_sweep_resumes_without_redoing_or_losing_runs \
 	tests/test_scale_out.py::test_live_workers_never_share_a_gpu_and_a_dead_workers_gpu_is_reused \
@@ -26,10 +28,10 @@ test-chaos:
 	$(PYTHON) -m pytest -q $(CHAOS)
 
 bench-quick:
-	PYTHONUNBUFFERED=1 $(PYTHON) scripts/bench_h100.py --out $(QUICK_OUT) --quick
+	PYTHONUNBUFFERED=1 $(PYTHON) scripts/bench_gpu.py --out $(QUICK_OUT) --quick $(if $(SMOLLM2),--smollm2 $(SMOLLM2))
 
 bench:
-	PYTHONUNBUFFERED=1 $(PYTHON) scripts/bench_h100.py --out $(BENCH_OUT)
+	PYTHONUNBUFFERED=1 $(PYTHON) scripts/bench_gpu.py --out $(BENCH_OUT) $(if $(SMOLLM2),--smollm2 $(SMOLLM2))
 	$(PYTHON) scripts/readme_table.py
 
 lint:

@@ -3,11 +3,11 @@
 The measured speedup over our AR stands next to the ideal (1 - a^(g+1)) / ((1 - a)(g c + 1)), with c the
 draft's captured step over the target's. Before a gamma's cells are timed, every shape its steps can take is
 warmed: the target's blocks of 1..gamma+1 tokens, the draft's of 1 and 2, and the verifier at every draft
-length 1..gamma. The last is why (alpha 0.8, gamma 2) measured 0.64 of its ideal in the first H200 run: the
-fused verifier specialises on its draft length (Triton compiles a kernel for G == 1, and G1_P2 is a constant),
-and a draft of length 1 only happens when a request's budget ends on it, so the first cell whose acceptance
-path landed there paid a Triton compile inside its timing. Each row records the compiles and captures during
-the gamma's warm-up and during its own timing (which should be none).
+length 1..gamma. The last is the likely reason (alpha 0.8, gamma 2) measured 0.64 of its ideal in the first
+H200 run (results/gpu/README.md): the fused verifier's Triton kernel specialises on the draft length, and a
+draft of length 1 only happens when a request's budget ends on it, so the first cell whose acceptance path
+landed there paid a compile inside its timing. Each row records the compiles and captures during the gamma's
+warm-up and during its own timing (which should be none).
 """
 
 from __future__ import annotations
