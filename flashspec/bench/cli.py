@@ -94,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results/gpu"), help="CSVs, figures, env.json, summary.md")
     p.add_argument("--quick", action="store_true", help="a smoke test of about 3 minutes: fewer points and tokens")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
-    p.add_argument("--deadline-s", type=float, default=500, help="skip steps that would end after this")
+    p.add_argument("--deadline-s", type=float, help="skip steps that would end after this (default 500, quick 180)")
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--hf-eager-tokens", type=int, default=128, help="eager generate is slow: fewer")
     p.add_argument("--smollm2", type=Path, help="a converted SmolLM2-135M (save_pretrained folder) for a and h")
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.report_only:
         report.report(args.report_only)
         return
+    if args.deadline_s is None:
+        args.deadline_s = 180 if args.quick else 500
     wanted = set(args.sections.split(","))
     if wanted - set(SECTIONS):
         raise ValueError(f"--sections has {sorted(wanted - set(SECTIONS))}: use a comma-separated subset of "

@@ -99,10 +99,11 @@ def watch_triton() -> None:
     """Count every Triton compile from now on (Triton >= 3.4 calls knobs.runtime.jit_post_compile_hook)."""
     try:
         from triton import knobs
-    except ImportError:  # no Triton, or one without knobs: the count reads -1 in the CSVs
+
+        previous = knobs.runtime.jit_post_compile_hook
+    except (ImportError, AttributeError):  # no Triton, or one without this hook: the count reads -1 in the CSVs
         TRITON_COMPILES[0] = -1
         return
-    previous = knobs.runtime.jit_post_compile_hook
     if getattr(previous, "counts_compiles", False):  # already watching
         return
 
