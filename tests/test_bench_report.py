@@ -19,7 +19,9 @@ def ar_rows(shape: str, tok_s: float, roofline: float, impl: str = "flashspec") 
 def profile_rows(shape: str) -> list[dict]:
     totals = {"(wall, profiled)": 5900.0, "(device busy: total)": 5400.0, "(device busy: matmul)": 4900.0,
               "(device busy: attention)": 500.0}
-    return [dict(shape=shape, profile="graph step k=1", kernel=k, us_per_step=v) for k, v in totals.items()]
+    kernels = {f"gemv_{i}": 500.0 - i for i in range(7)}
+    return [dict(shape=shape, profile="graph step k=1", kernel=k, us_per_step=v)
+            for k, v in (totals | kernels).items()]
 
 
 def fake_run(out, efficiency_of_worst: float) -> None:
@@ -68,6 +70,8 @@ def test_summary_marks_each_target_met_or_missed_with_its_numbers(tmp_path):
     assert "sampled: 850.0 us per call = the kernel alone in a graph 9.0 us" in text
     assert "alpha 0.8, gamma 2: 0.640; one-off costs inside its timing: triton_compiles 1" in text
     assert (tmp_path / "ar.png").is_file() and "## speculative cells against a cost-aware ideal" in text
+    # The profile's table keeps each step's totals and its five slowest kernels, with the shape they belong to.
+    assert f"| {DRAFT} | graph step k=1 | gemv_4 | 496 |" in text and "gemv_5" not in text
 
 
 def test_a_target_without_its_csv_is_not_measured(tmp_path):

@@ -61,7 +61,8 @@ def speculative(bench: Bench) -> list[dict]:
                 tau=result.new_tokens / max(len(result.emitted), 1), tok_s=decode_rate(result),
                 ar_tok_s=decode_rate(base), matches_ar=result.token_ids == base.token_ids,
                 learn_us_per_step=spent[0] / max(len(result.emitted), 1) * 1e6, verifier=verifier,
-                draft_captured=all(s.graph is not None for s in draft.steps.values()), **warm, **timed,
+                draft_captured=draft.compiled and all(s.graph is not None for s in draft.steps.values()),
+                **warm, **timed,
             ))
             if any(timed.values()):
                 log(f"alpha={alpha} gamma={gamma}: one-off costs inside the timing: {timed}")
