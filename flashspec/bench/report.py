@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flashspec.bench.shapes import DRAFT, LLAMA3_IDS, REAL_SMOLLM2, SMALL, TARGET
+from flashspec.bench.shapes import CONTEXT, DRAFT, LLAMA3_IDS, REAL_SMOLLM2, SMALL, TARGET
 
 AR_FRACTIONS = {TARGET: 0.85, DRAFT: 0.70}  # of the roofline
 SMALL_TOK_S, SMALL_AIM = 1000, 1500
@@ -131,7 +131,8 @@ def target_harness(frames: dict) -> list[str]:
     detail = (f"run.py decodes at {decode:.0f} tok/s after a TTFT of {row['ttft_ms']:.0f} ms (its own tok/s, "
               f"prefill included: {row['tok_s']:.0f}); the engine on the same model {engine:.0f} tok/s "
               f"({decode / engine:.2f}x), HF static + compile {hf:.0f} tok/s ({decode / hf:.2f}x); the engine on "
-              f"random weights of the same shape {random:.0f} tok/s")
+              f"random weights of the same shape {random:.0f} tok/s. KV cache: {row.get('max_context', '?')} "
+              f"positions in the harness, {CONTEXT} in the bench")
     why = [f"harness / engine {decode / engine:.2f} (needs {HARNESS_OF_ENGINE}), harness / HF static "
            f"{decode / hf:.2f} (needs {HARNESS_OF_HF:.0f}), engine real / engine random {engine / random:.2f}",
            *profile_terms(frames, SMALL)]
