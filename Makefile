@@ -4,10 +4,12 @@
 #                     tests/test_gpu.py), its output with the commit and device into $(GPU_LOG)
 #   make test-chaos   faults: a sweep killed mid-run resumes, dead workers free their GPUs, runaway code
 #                     is stopped, torn files never count, bad inputs fail with a clear error
-#   make bench-quick  a GPU smoke benchmark, fewer points (scripts/bench_h100.py --quick)
-#   make bench        the full GPU benchmark into results/h100, then the README's results table
+#   make bench-quick  a GPU smoke benchmark of about 3 minutes, fewer points (scripts/bench_gpu.py --quick)
+#   make bench        the full GPU benchmark into results/gpu, then the README's results table
+#                     (SMOLLM2=<save_pretrained folder> adds the real SmolLM2-135M and the harness section)
 PYTHON ?= python
-BENCH_OUT ?= results/h100
+BENCH_OUT ?= results/gpu
+SMOLLM2 ?=
 QUICK_OUT ?= /tmp/flashspec-bench-quick
 GPU_LOG ?= results/gpu/pytest.txt
 COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -33,10 +35,10 @@ test-chaos:
 	$(PYTHON) -m pytest -q $(CHAOS)
 
 bench-quick:
-	PYTHONUNBUFFERED=1 $(PYTHON) scripts/bench_h100.py --out $(QUICK_OUT) --quick
+	PYTHONUNBUFFERED=1 $(PYTHON) scripts/bench_gpu.py --out $(QUICK_OUT) --quick $(if $(SMOLLM2),--smollm2 $(SMOLLM2))
 
 bench:
-	PYTHONUNBUFFERED=1 $(PYTHON) scripts/bench_h100.py --out $(BENCH_OUT)
+	PYTHONUNBUFFERED=1 $(PYTHON) scripts/bench_gpu.py --out $(BENCH_OUT) $(if $(SMOLLM2),--smollm2 $(SMOLLM2))
 	$(PYTHON) scripts/readme_table.py
 
 lint:

@@ -4,9 +4,9 @@
     python scripts/readme_table.py --check        # exit 1 if README.md is not what the results give
 
 Sources, each used only when present (a missing one is said to be missing, never filled in):
-results/models/metrics.json (the trained family), results/h100/ar.csv (autoregressive decoding against the
-memory roofline), results/h100/family.csv (speculative decoding of the trained family per prompt set) and
-results/h100/env.json (the GPU and commit they were measured on), and every CPU sweep's results.csv under
+results/models/metrics.json (the trained family), results/gpu/ar.csv (autoregressive decoding against the
+memory roofline), results/gpu/family.csv (speculative decoding of the trained family per prompt set) and
+results/gpu/env.json (the GPU and commit they were measured on), and every CPU sweep's results.csv under
 results/cpu/ (summarised by the harness's own `summarize`).
 """
 
@@ -44,7 +44,7 @@ def read_csv(path: Path, needed: list[str]) -> pd.DataFrame:
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise ValueError(f"{path} has no column(s) {missing} (it has {list(frame.columns)}): regenerate "
-                         "it with scripts/bench_h100.py, or teach scripts/readme_table.py the new columns")
+                         "it with scripts/bench_gpu.py, or teach scripts/readme_table.py the new columns")
     return frame
 
 
@@ -62,10 +62,10 @@ def family_section(results: Path) -> list[str]:
 
 
 def gpu_sections(results: Path) -> list[str]:
-    folder = results / "h100"
+    folder = results / "gpu"
     csvs = sorted(folder.glob("*.csv")) if folder.is_dir() else []
     if not csvs:
-        return ["**GPU decoding speed**: not measured yet (`results/h100/README.md` says why, and gives the command)."]
+        return ["**GPU decoding speed**: not measured yet (`results/gpu/README.md` says why, and gives the command)."]
     env = json.loads((folder / "env.json").read_text()) if (folder / "env.json").is_file() else {}
     where = f"{env.get('device', 'GPU')}, commit `{str(env.get('commit', '?'))[:12]}`"
     out: list[str] = []
@@ -73,17 +73,17 @@ def gpu_sections(results: Path) -> list[str]:
         ar = read_csv(folder / "ar.csv", ["shape", "prompt_tokens", "impl", "tok_s", "frac_roofline"])
         ar = ar.assign(frac_roofline=100 * ar["frac_roofline"])
         ar = ar.rename(columns={"tok_s": "tok/s", "frac_roofline": "% of roofline"})
-        out += [f"**Autoregressive decoding, batch 1** ({where}; `results/h100/ar.csv`):", "",
+        out += [f"**Autoregressive decoding, batch 1** ({where}; `results/gpu/ar.csv`):", "",
                 *markdown(ar[["shape", "prompt_tokens", "impl", "tok/s", "% of roofline"]]), ""]
     if (folder / "family.csv").is_file():
         fam = read_csv(folder / "family.csv", ["dataset", "run", "speedup"])
         table = fam.pivot_table(index="run", columns="dataset", values="speedup").reset_index()
         title = "**Speedup over autoregressive decoding, trained family**"
-        out += [f"{title} ({where}; `results/h100/family.csv`):", "", *markdown(table), ""]
+        out += [f"{title} ({where}; `results/gpu/family.csv`):", "", *markdown(table), ""]
     others = [f"`{p.name}`" for p in csvs if p.stem not in ("ar", "family")]
     if others:
-        out.append(f"Also measured, in `results/h100/`: {', '.join(others)} (see `results/h100/summary.md`).")
-    return out or ["**GPU decoding speed**: `results/h100/` holds none of ar.csv, family.csv."]
+        out.append(f"Also measured, in `results/gpu/`: {', '.join(others)} (see `results/gpu/summary.md`).")
+    return out or ["**GPU decoding speed**: `results/gpu/` holds none of ar.csv, family.csv."]
 
 
 def cpu_sections(results: Path) -> list[str]:

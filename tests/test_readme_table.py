@@ -20,16 +20,16 @@ def metrics(path) -> None:
 def test_table_holds_the_measured_numbers_and_only_the_block_changes(tmp_path):
     results, readme = tmp_path / "results", tmp_path / "README.md"
     (results / "models").mkdir(parents=True)
-    (results / "h100").mkdir()
+    (results / "gpu").mkdir()
     metrics(results / "models" / "metrics.json")
     pd.DataFrame([{"shape": "llama3-8b", "prompt_tokens": 64, "impl": "flashspec", "tok_s": 180.04,
-                   "frac_roofline": 0.9123, "extra": 1}]).to_csv(results / "h100" / "ar.csv", index=False)
+                   "frac_roofline": 0.9123, "extra": 1}]).to_csv(results / "gpu" / "ar.csv", index=False)
     runs = [("mt_bench", "ucb1", 1.734), ("humaneval", "ucb1", 2.051), ("mt_bench", "autoregressive", 1.0)]
     pd.DataFrame([{"dataset": d, "run": r, "speedup": s} for d, r, s in runs]).to_csv(
-        results / "h100" / "family.csv", index=False)
-    pd.DataFrame([{"a": 1}]).to_csv(results / "h100" / "verifier.csv", index=False)
+        results / "gpu" / "family.csv", index=False)
+    pd.DataFrame([{"a": 1}]).to_csv(results / "gpu" / "verifier.csv", index=False)
     env = {"device": "NVIDIA H200", "commit": "abcdef1234567890"}
-    (results / "h100" / "env.json").write_text(json.dumps(env))
+    (results / "gpu" / "env.json").write_text(json.dumps(env))
     readme.write_text(README)
     assert table.main(["--readme", str(readme), "--results", str(results)]) == 0
     text = readme.read_text()
@@ -42,7 +42,7 @@ def test_table_holds_the_measured_numbers_and_only_the_block_changes(tmp_path):
     assert "NVIDIA H200, commit `abcdef123456`" in text and "`verifier.csv`" in text
     assert table.main(["--readme", str(readme), "--results", str(results), "--check"]) == 0  # idempotent
     pd.DataFrame([{"dataset": "mt_bench", "run": "ucb1", "speedup": 1.5}]).to_csv(
-        results / "h100" / "family.csv", index=False)
+        results / "gpu" / "family.csv", index=False)
     assert table.main(["--readme", str(readme), "--results", str(results), "--check"]) == 1
     assert readme.read_text() == text  # --check writes nothing
 
@@ -56,8 +56,8 @@ def test_missing_results_are_said_to_be_missing(tmp_path):
 def test_bad_inputs_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="results-table"):
         table.replace_block("# no markers\n", "x\n")
-    (tmp_path / "h100").mkdir()
-    pd.DataFrame([{"shape": "s", "tok_s": 1.0}]).to_csv(tmp_path / "h100" / "ar.csv", index=False)
+    (tmp_path / "gpu").mkdir()
+    pd.DataFrame([{"shape": "s", "tok_s": 1.0}]).to_csv(tmp_path / "gpu" / "ar.csv", index=False)
     with pytest.raises(ValueError, match=r"ar.csv has no column\(s\) \['prompt_tokens', 'impl', 'frac_"):
         table.render(tmp_path)
 

@@ -5,7 +5,7 @@ It measures the system, not a drafter. Each draft token is accepted with probabi
 so a gamma-token draft yields (1 - rate^(gamma+1)) / (1 - rate) tokens per target step, and every draft
 costs the draft model's own forwards and sampling (which it runs, discarding their tokens), so measured
 speedups can be set against the ideal formula. Greedy decoding only: the continuation is what the target
-emits under greedy decoding. Not a config kind: benchmarks build it directly (scripts/bench_h100.py).
+emits under greedy decoding. Not a config kind: benchmarks build it directly (flashspec/bench/speculative.py).
 """
 
 from __future__ import annotations

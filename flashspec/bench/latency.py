@@ -1,0 +1,71 @@
+"""Section b: one target forward of k = 1..17 new tokens (captured graph vs eager), and kernel profiles.
+
+The profile splits each shape's captured one-token step, and the engine's AR step, into wall time, device
+busy time by kernel kind and device idle time: summary.md sets them against the weight-read floor to
+explain every missed speed target.
+"""
+
+from __future__ import annotations
+
+from flashspec.bench.context import Bench
+from flashspec.bench.measure import DEVICE, device_ms, kernel_table, kernel_times
+from flashspec.bench.shapes import CONTEXT, PROMPT_LENS, make_engine, prompt_ids
+from flashspec.models.native import NativeLlama
+
+
+def latency(bench: Bench) -> list[dict]:
+    rows, ks = [], ([1, 2, 5, 9, 17] if bench.quick else range(1, 18))
+    for shape in bench.shapes():
+        graph = bench.model(shape)
+        eager = NativeLlama(bench.hf[shape], CONTEXT)
+        start = PROMPT_LENS[0]
+        for model in (graph, eager):
+            model.reset()
+            model.forward(bench.prompt(shape, start))
+        for k in ks:
+            block = prompt_ids(k, graph.vocab_size).to(DEVICE)
+            row = dict(shape=shape, k=k, context=start)
+            for name, model, reps in (("graph_ms", graph, 20), ("eager_ms", eager, 3)):
+                row[name] = device_ms(lambda m=model, b=block, s=start: (m.crop(s), m.forward(b)), reps)
+            rows.append(row)
+        bench.step_ms[shape] = rows[-len(ks)]["graph_ms"]
+        del eager
+    return rows
+
+
+def step_ms(bench: Bench, shape: str) -> float:
+    """Device milliseconds of the shape's captured one-token step at context 1024 (section b's k = 1)."""
+    if shape not in bench.step_ms:
+        model, start = bench.model(shape), PROMPT_LENS[0]
+        model.reset()
+        model.forward(bench.prompt(shape, start))
+        block = prompt_ids(1, model.vocab_size).to(DEVICE)
+        bench.step_ms[shape] = device_ms(lambda: (model.crop(start), model.forward(block)), 20)
+    return bench.step_ms[shape]
+
+
+def profile(bench: Bench) -> list[dict]:
+    """Per shape: kernels of the captured decoding step (k = 1, context 1024), and of our AR engine's
+    decoding steps (a generation of 129 tokens less one of a single token: the same prefill)."""
+    rows, steps = [], 128
+    for shape in bench.shapes():
+        model, start = bench.model(shape), PROMPT_LENS[0]
+        block, prompt = prompt_ids(1, model.vocab_size).to(DEVICE), bench.prompt(shape, 64)
+
+        def replays(m=model, b=block, s=start):
+            for _ in range(steps):
+                m.crop(s)
+                m.forward(b)
+
+        model.reset()
+        model.forward(bench.prompt(shape, start))
+        rows += kernel_table(shape, "graph step k=1", kernel_times(replays), steps)
+        engine = make_engine(model, bench.tokenizer)
+        generation = kernel_times(lambda e=engine, p=prompt: e.generate(p, steps + 1))
+        prefill = kernel_times(lambda e=engine, p=prompt: e.generate(p, 1))
+        decoding = (generation[0] - prefill[0], {
+            name: [calls - prefill[1].get(name, [0, 0])[0], us - prefill[1].get(name, [0, 0])[1]]
+            for name, (calls, us) in generation[1].items()
+        })
+        rows += kernel_table(shape, "engine AR step", decoding, steps)
+    return rows
