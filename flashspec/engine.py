@@ -150,11 +150,9 @@ class SpeculativeEngine:
         return tokens[: n + 1]
 
     def _verify(self, logits: Tensor, draft: Draft, sampling: SamplingConfig, generator) -> tuple[Tensor, Tensor]:
-        if len(draft) == 0:  # nothing to check: a plain autoregressive step
-            u = torch.rand(1, device=self.device, generator=generator)
-            return torch.zeros(1, dtype=torch.long, device=logits.device), sample_from(
-                process_logits(logits[-1:], sampling), u
-            )
+        """One verifier call, no host sync. Without a draft (an autoregressive step) it samples the target's
+        own token from p, as `sample_from(process_logits(...))` would, with the same uniform: one fused kernel
+        on the GPU instead of a chain of small ones."""
         u = torch.rand(1, len(draft) + 1, device=self.device, generator=generator)
         probs = None if draft.probs is None else draft.probs[None].to(self.device, non_blocking=True)
         tokens = draft.tokens[None].to(self.device, non_blocking=True)

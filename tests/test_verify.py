@@ -185,3 +185,48 @@ def test_mismatched_shapes_are_rejected(impl, device) -> None:
         impl(logits, tokens, q, SAMPLINGS["t1"], u[:, :3])
     with pytest.raises(ValueError, match="int64"):
         impl(logits, tokens.int(), q, SAMPLINGS["t1"], u)
+
+
+# ---------------------------------------------------------------- the chain kernel's launch plan and thresholds
+
+# The GPU's launch shape on a small vocabulary, with few candidates per chunk (8): top-k / top-p thresholds
+# among them are found by one sort, the others by passes over the row; both must give the reference's result.
+FEW_CANDIDATES = Tuning(block_v=256, chunk=512, cap=64, pivots_row=2, pivots_cand=8, num_warps=4, bins=16)
+THRESHOLD_MODES = {
+    "topk5": SamplingConfig(temperature=0.9, top_k=5),  # inside the candidates
+    "topk300": SamplingConfig(temperature=0.9, top_k=300),  # beyond them
+    "t0.5_topp0.9": SamplingConfig(temperature=0.5, top_p=0.9),  # a small nucleus
+    "t3_topp0.95": SamplingConfig(temperature=3.0, top_p=0.95),  # a wide one
+    "topk3_topp0.5": SamplingConfig(temperature=0.7, top_k=3, top_p=0.5),
+    "topk40_topp0.99": SamplingConfig(temperature=2.0, top_k=40, top_p=0.99),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(THRESHOLD_MODES))
+def test_candidate_thresholds_match_reference_at_every_gamma(mode: str) -> None:
+    sampling = THRESHOLD_MODES[mode]
+    for gamma in range(1, 17):
+        args = make_inputs(2, gamma, 3000, sampling, gamma % 2 == 0, seed=gamma)
+        assert_same_outcome(verify_triton(*args[:3], sampling, args[3], FEW_CANDIDATES),
+                            verify_reference(*args[:3], sampling, args[3]))
+
+
+@pytest.mark.parametrize("mode", ["greedy", "t0.7_topp0.8", "topk50"])
+def test_repeated_calls_reuse_the_plan_and_agree(mode: str) -> None:
+    # The second and third calls run on the cached workspace, whose counters the kernels reset themselves.
+    sampling = SAMPLINGS[mode]
+    for seed in range(3):
+        args = make_inputs(2, 4, 2000, sampling, True, seed=seed)
+        assert_same_outcome(verify_triton(*args[:3], sampling, args[3], GPU_LIKE),
+                            verify_reference(*args[:3], sampling, args[3]))
+
+
+@pytest.mark.parametrize("mode", ["greedy", "t0.7_topk100_topp0.8"])
+def test_no_draft_samples_the_target_as_the_engine_did(mode: str) -> None:
+    # The engine's autoregressive step: gamma = 0, the token comes from p with the one uniform.
+    sampling = SAMPLINGS[mode]
+    logits, _, _, u = make_inputs(1, 0, 2000, sampling, False, seed=5)
+    want = sample_from(process_logits(logits[0], sampling), u[0])
+    for impl in (verify_reference, verify_triton):
+        n, tokens = impl(logits, torch.zeros(1, 0, dtype=torch.long, device=DEVICE), None, sampling, u)
+        assert n.tolist() == [0] and tokens.tolist() == [want.tolist()]

@@ -20,7 +20,6 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from triton.runtime.jit import JITFunction
 
 from flashspec.verify.tree import check_parents, check_tree_inputs
 from flashspec.verify.triton_kernel import (
@@ -33,6 +32,9 @@ from flashspec.verify.triton_kernel import (
     _finish_row,
     _first_above,
     _store_chunk_stats,
+    check_compiles,
+    no_capture,
+    plan_key,
 )
 
 
@@ -191,45 +193,59 @@ def _tree_kernel(
             tl.store(n_accepted_ptr, n.to(tl.int64))
 
 
+class _TreePlan:
+    """What verify_tree_triton derives from the input shapes, the sampling and the tuning, checked and allocated
+    once. The tree kernel's counters do not reset themselves: one memset per call."""
+
+    def __init__(self, target_logits: Tensor, tokens: Tensor, parents: Tensor, draft_probs: Tensor | None, sampling,
+                 uniforms: Tensor, tuning: Tuning | None) -> None:
+        check_tree_inputs(target_logits, tokens, parents, draft_probs, uniforms)
+        n1, vocab = target_logits.shape
+        if n1 * vocab >= 2**31:
+            raise ValueError(f"a tree of {n1 - 1} nodes over {vocab} tokens overflows int32 offsets: draft fewer")
+        dev = self.dev = target_logits.device
+        check_compiles(dev, _tree_kernel, "verify_tree_triton", "verify_tree_reference")
+        no_capture(dev, "verify_tree_triton")
+        shape = Launch.of(vocab, sampling, tuning or (GPU if dev.type == "cuda" else INTERPRETER))
+        nsplit_p2 = triton.next_power_of_2(shape.nsplit)
+        # Workspace: chunk partials, row stats, threshold candidates, block sums (float64, as the chain kernel's),
+        # the residual (float32), counters.
+        cap = shape.tuning.cap if shape.top_k or shape.top_p else 0
+        sizes = [n1 * nsplit_p2 * 3, n1 * 3, n1 * cap, triton.next_power_of_2(shape.nblk)]
+        part, stats, cand, bsum = torch.empty(sum(sizes), dtype=torch.float64, device=dev).split(sizes)
+        buf = torch.empty(vocab, dtype=torch.float32, device=dev)
+        sizes = [n1 + 1, n1 * nsplit_p2, n1]
+        self.counters, part_arg, argmax = torch.zeros(sum(sizes), dtype=torch.int32, device=dev).split(sizes)
+        self.n1, self.grid = n1, (n1, shape.nsplit)
+        self.workspace = (part, part_arg, stats, argmax, self.counters, cand, buf, bsum)
+        self.args = (n1 - 1, *shape.scalars(sampling))
+        self.constants = shape.constants(draft_probs is not None) | dict(N_P2=triton.next_power_of_2(n1))
+
+
+_TREE_PLANS: dict[tuple, _TreePlan] = {}
+
+
 def verify_tree_triton(
     target_logits: Tensor, tokens: Tensor, parents: Tensor, draft_probs: Tensor | None, sampling,
     uniforms: Tensor, tuning: Tuning | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """`verify_tree_reference` in one kernel launch. `parents` is checked when it comes on the CPU (the
-    engine's case; a device tensor would cost a sync) and is moved to the logits' device."""
-    check_tree_inputs(target_logits, tokens, parents, draft_probs, uniforms)
+    """`verify_tree_reference` in one kernel launch. Shapes are checked once per shape (plan_key); `parents` is
+    checked when it comes on the CPU (the engine's case; a device tensor would cost a sync) and is moved to
+    the logits' device."""
+    key = plan_key(sampling, tuning, target_logits, tokens, parents, draft_probs, uniforms)
+    plan = _TREE_PLANS.get(key)
+    if plan is None:
+        plan = _TREE_PLANS[key] = _TreePlan(target_logits, tokens, parents, draft_probs, sampling, uniforms, tuning)
     if parents.device.type == "cpu":
         check_parents(parents)
-    n1, vocab = target_logits.shape
-    if n1 * vocab >= 2**31:
-        raise ValueError(f"a tree of {n1 - 1} nodes over {vocab} tokens overflows int32 offsets: draft fewer")
-    dev = target_logits.device
-    on_gpu = dev.type == "cuda"
-    if not on_gpu and isinstance(_tree_kernel, JITFunction):
-        raise ValueError(
-            f"verify_tree_triton got {dev} tensors, but Triton compiles for GPUs only: set TRITON_INTERPRET=1"
-            " before anything imports triton (tests/conftest.py does), or use verify_tree_reference"
-        )
-    shape = Launch.of(vocab, sampling, tuning or (GPU if on_gpu else INTERPRETER))
-    nsplit_p2 = triton.next_power_of_2(shape.nsplit)
-    # Workspace: chunk partials, row stats, threshold candidates, block sums (float64, as the chain kernel's),
-    # the residual (float32); counters start at 0.
-    cap = shape.tuning.cap if shape.top_k or shape.top_p else 0
-    sizes = [n1 * nsplit_p2 * 3, n1 * 3, n1 * cap, triton.next_power_of_2(shape.nblk)]
-    part, stats, cand, bsum = torch.empty(sum(sizes), dtype=torch.float64, device=dev).split(sizes)
-    buf = torch.empty(vocab, dtype=torch.float32, device=dev)
-    sizes = [n1 + 1, n1 * nsplit_p2, n1]
-    counters, part_arg, argmax = torch.zeros(sum(sizes), dtype=torch.int32, device=dev).split(sizes)
-    n_accepted = torch.empty((), dtype=torch.int64, device=dev)
-    path = torch.empty(n1 - 1, dtype=torch.int64, device=dev)
-    out_tokens = torch.empty(n1, dtype=torch.int64, device=dev)
+    dev, n1 = plan.dev, plan.n1
+    out = torch.empty(2 * n1, dtype=torch.int64, device=dev)  # n_accepted, path, tokens
+    n_accepted, path, out_tokens = out[0], out[1:n1], out[n1:]
+    plan.counters.zero_()
     logits = target_logits.contiguous()
-    _tree_kernel[(n1, shape.nsplit)](
+    _tree_kernel[plan.grid](
         logits, tokens.to(dev).contiguous(), parents.to(dev, non_blocking=True).contiguous(),
         logits if draft_probs is None else draft_probs.contiguous(), uniforms.float().contiguous(),
-        n_accepted, path, out_tokens,
-        part, part_arg, stats, argmax, counters, cand, buf, bsum,
-        n1 - 1, *shape.scalars(sampling),
-        **shape.constants(draft_probs is not None), N_P2=triton.next_power_of_2(n1),
+        n_accepted, path, out_tokens, *plan.workspace, *plan.args, **plan.constants,
     )
     return n_accepted, path, out_tokens

@@ -166,11 +166,23 @@ def _threshold(x_row, V: tl.constexpr, lo, hi, n_in, mass_in, zm, T, target, can
                                                              count, mass, up, down, BY_MASS, P_ROW)
     if lo < hi:
         x = _gather(x_row, V, lo, hi, cand_ptr, BLOCK_V, CAP)
-        e = _exp(x, zm, T)
-        while lo < hi:
-            count, mass, up, down = _pivot_stats(x, e, _pivots(lo, hi, P_CAND), hi)
-            lo, hi, n_in, mass_in, n_above, mass_above = _narrow(lo, hi, n_above, mass_above, target,
-                                                                 count, mass, up, down, BY_MASS, P_CAND)
+        lo, n_in, mass_in = _threshold_among(x, _exp(x, zm, T), lo, hi, n_in, mass_in, n_above, mass_above,
+                                             target, BY_MASS, P_CAND)
+    else:
+        n_in = n_above + n_in
+        mass_in = mass_above + mass_in
+    return lo, n_in, mass_in
+
+
+@triton.jit
+def _threshold_among(x, e, lo, hi, n_in, mass_in, n_above, mass_above, target, BY_MASS: tl.constexpr,
+                     P: tl.constexpr):
+    """_threshold on logits in registers: x (exps e) holds every logit of the row in [lo, hi], the others
+    being below lo (-inf for padding); n_above / mass_above: count and mass above hi."""
+    while lo < hi:
+        count, mass, up, down = _pivot_stats(x, e, _pivots(lo, hi, P), hi)
+        lo, hi, n_in, mass_in, n_above, mass_above = _narrow(lo, hi, n_above, mass_above, target,
+                                                             count, mass, up, down, BY_MASS, P)
     return lo, n_above + n_in, mass_above + mass_in
 
 
@@ -216,10 +228,13 @@ def _first_above(cum, mass, x, SIZE: tl.constexpr):
 @triton.jit
 def _sample_residual(x_row, q_row, x_n, q_on, zm, inv_mass, tau, T, u, bsum_ptr, V: tl.constexpr,
                      STOCHASTIC: tl.constexpr, BLOCK_V: tl.constexpr, NBLK_P2: tl.constexpr):
-    """Inverse-CDF sample of norm(max(p - q, 0)) (of p when that has no mass): block sums, then one block.
-    Cumulative sums run in float64, as in the reference, so the summation order does not show."""
-    bs = _block_sums(x_row, q_row, x_n, q_on, zm, inv_mass, tau, T, V, bsum_ptr, STOCHASTIC, BLOCK_V, NBLK_P2)
-    # No residual mass: p == q up to rounding, so the rejection had probability 0; sample p instead.
+    """Inverse-CDF sample of norm(max(p - q, 0)) (of p when that has no mass), given the residual's block sums
+    at `bsum_ptr` (written by other programs): the block, then the token in it. Cumulative sums run in
+    float64, as in the reference, so the summation order does not show."""
+    k = tl.arange(0, NBLK_P2)
+    bs = tl.load(bsum_ptr + k, mask=k < tl.cdiv(V, BLOCK_V), other=0.0, cache_modifier=".cg")
+    # No residual mass: p == q up to rounding, so the rejection had probability 0; sample p instead (one pass
+    # over the row in this program: rare).
     q_on = q_on * (tl.sum(bs, 0) > 0).to(tl.int32)
     if tl.sum(bs, 0) <= 0:
         bs = _block_sums(x_row, q_row, x_n, q_on, zm, inv_mass, tau, T, V, bsum_ptr, STOCHASTIC, BLOCK_V,
@@ -227,74 +242,125 @@ def _sample_residual(x_row, q_row, x_n, q_on, zm, inv_mass, tau, T, u, bsum_ptr,
     bcdf = tl.cumsum(bs, 0)
     x = u.to(tl.float64) * tl.max(bcdf, 0)
     blk = _first_above(bcdf, bs, x, NBLK_P2)
-    carry = tl.sum(tl.where(tl.arange(0, NBLK_P2) == blk - 1, bcdf, 0.0), 0)
+    carry = tl.sum(tl.where(k == blk - 1, bcdf, 0.0), 0)
     r = _residual(x_row, q_row, blk * BLOCK_V + tl.arange(0, BLOCK_V), x_n, q_on, zm, inv_mass, tau, T, V,
                   STOCHASTIC)
     return blk * BLOCK_V + _first_above(carry + tl.cumsum(r, 0, dtype=tl.float64), r, x, BLOCK_V)
 
 
 @triton.jit
-def _verify_kernel(
-    logits_ptr, draft_tokens_ptr, draft_probs_ptr, uniforms_ptr,  # inputs
-    n_accepted_ptr, tokens_ptr,  # outputs
-    part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, counters_ptr, cand_ptr, bsum_ptr,  # workspace
-    B, G, T, top_k, top_p,
-    V: tl.constexpr, GREEDY: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr,
-    NSPLIT_P2: tl.constexpr, NBLK_P2: tl.constexpr, G1_P2: tl.constexpr,
-):
-    b = tl.program_id(0)
-    j = tl.program_id(1)
-    c = tl.program_id(2)
-    row = b * (G + 1) + j
-    x_row = logits_ptr + row.to(tl.int64) * V
-    _store_chunk_stats(x_row, row, c, part_ptr, part_arg_ptr, V, T, GREEDY, CHUNK, BLOCK_V, NSPLIT_P2)
-    nsplit = tl.cdiv(V, CHUNK)
-    if _arrive_last(counters_ptr + row, nsplit):
-        _finish_row(x_row, row, b, j, G, V, T, top_k, top_p, draft_tokens_ptr, draft_probs_ptr, uniforms_ptr,
-                    part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, cand_ptr, nsplit,
-                    GREEDY, TOP_K, TOP_P, STOCHASTIC, BLOCK_V, CAP, P_ROW, P_CAND, NSPLIT_P2)
-        if _arrive_last(counters_ptr + B * (G + 1) + b, G + 1):
-            _finish_batch_row(b, G, T, logits_ptr, draft_tokens_ptr, draft_probs_ptr, uniforms_ptr,
-                              n_accepted_ptr, tokens_ptr, stats_ptr, argmax_ptr, flags_ptr,
-                              bsum_ptr + b * NBLK_P2, V, GREEDY, STOCHASTIC, BLOCK_V, NBLK_P2, G1_P2)
+def _bins(x, lo, scale, NBINS: tl.constexpr):
+    """Histogram bin of logits x >= lo: monotone in x, so a chunk's top bins hold its largest logits."""
+    return tl.minimum(((x - lo) * scale).to(tl.int32), NBINS - 1)
 
 
 @triton.jit
-def _finish_row(x_row, row, b, j, G, V: tl.constexpr, T, top_k, top_p, draft_tokens_ptr, draft_probs_ptr,
-                uniforms_ptr, part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, cand_ptr, nsplit,
-                GREEDY: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr,
-                BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr,
-                NSPLIT_P2: tl.constexpr):
-    """Combine the chunk partials of one row, find its threshold, and test its draft token (when j < G)."""
+def _store_candidates(x_row, c, lo, hi, cand_ptr, V: tl.constexpr, CHUNK: tl.constexpr, BLOCK_V: tl.constexpr,
+                      M: tl.constexpr, NBINS: tl.constexpr):
+    """Store the chunk's largest logits (those in its top histogram bins, at most M) at cand_ptr; return how
+    many, and the largest logit of the chunk left out (-inf if none): every larger one is stored."""
+    scale = tl.where(hi > lo, NBINS / (hi - lo), 0.0)
+    counts = tl.zeros([NBINS], tl.int32)
+    for i in range(CHUNK // BLOCK_V):
+        offs = c * CHUNK + i * BLOCK_V + tl.arange(0, BLOCK_V)
+        x = tl.load(x_row + offs, mask=offs < V, other=lo).to(tl.float32)  # padding counts in bin 0
+        counts += tl.histogram(_bins(x, lo, scale, NBINS), NBINS)
+    above = tl.sum(counts, 0) - tl.cumsum(counts, 0) + counts  # logits in this bin or above
+    first = tl.sum((above > M).to(tl.int32), 0)  # bins >= first hold at most M logits
+    n = 0
+    left_out = -float("inf")
+    for i in range(CHUNK // BLOCK_V):
+        offs = c * CHUNK + i * BLOCK_V + tl.arange(0, BLOCK_V)
+        live = offs < V
+        x = tl.load(x_row + offs, mask=live, other=lo).to(tl.float32)
+        sel = live & (_bins(x, lo, scale, NBINS) >= first)
+        tl.store(cand_ptr + n + tl.cumsum(sel.to(tl.int32), 0) - 1, x, mask=sel)
+        n += tl.sum(sel.to(tl.int32), 0)
+        left_out = tl.maximum(left_out, tl.max(tl.where(live & ~sel, x, -float("inf")), 0))
+    return n, left_out
+
+
+@triton.jit
+def _combine_chunks(part_ptr, part_arg_ptr, row, nsplit, T, V: tl.constexpr, GREEDY: tl.constexpr,
+                    NSPLIT_P2: tl.constexpr, STRIDE: tl.constexpr):
+    """A row's max, zm = max / T, exp mass (float64), min and first argmax, from its chunks' partials (STRIDE
+    values per chunk: max, mass, min, ...)."""
     k = tl.arange(0, NSPLIT_P2)
     live = k < nsplit
-    part_ptr += row * NSPLIT_P2 * 3
-    part_arg_ptr += row * NSPLIT_P2
-    cand_ptr += row * CAP
-    pm = tl.load(part_ptr + k * 3, mask=live, other=-float("inf"), cache_modifier=".cg").to(tl.float32)
+    part_ptr += row * NSPLIT_P2 * STRIDE
+    pm = tl.load(part_ptr + k * STRIDE, mask=live, other=-float("inf"), cache_modifier=".cg").to(tl.float32)
     m = tl.max(pm, 0)
     zm = tl.math.div_rn(m, T)
-    tau = -float("inf")  # keeps every logit
-    inv_mass = 1.0
+    mass = tl.full([], 1, tl.float64)
+    lo = m
+    am = 0
     if GREEDY:
-        pa = tl.load(part_arg_ptr + k, mask=live, other=0, cache_modifier=".cg")
+        pa = tl.load(part_arg_ptr + row * NSPLIT_P2 + k, mask=live, other=0, cache_modifier=".cg")
         am = tl.min(tl.where(live & (pm == m), pa, V), 0)
     else:
-        am = 0
-        ps = tl.load(part_ptr + k * 3 + 1, mask=live, other=0.0, cache_modifier=".cg")
+        ps = tl.load(part_ptr + k * STRIDE + 1, mask=live, other=0.0, cache_modifier=".cg")
         mass = tl.sum(ps * tl.exp(tl.math.div_rn(pm, T).to(tl.float64) - zm), 0)
-        lo = tl.min(tl.load(part_ptr + k * 3 + 2, mask=live, other=float("inf"), cache_modifier=".cg"), 0)
+        lo = tl.min(tl.load(part_ptr + k * STRIDE + 2, mask=live, other=float("inf"), cache_modifier=".cg"), 0)
         lo = lo.to(tl.float32)
-        n_kept = V * 1.0
+    return m, zm, mass, lo, am
+
+
+@triton.jit
+def _search_thresholds(x_row, V: tl.constexpr, lo, m, mass, zm, T, top_k, top_p, cand_ptr, TOP_K: tl.constexpr,
+                       TOP_P: tl.constexpr, BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr,
+                       P_CAND: tl.constexpr):
+    """Top-k then top-p threshold of a row by passes over it (_threshold), and the mass they keep."""
+    n_kept = V * 1.0
+    tau = lo
+    if TOP_K:
+        tau, n_kept, mass = _threshold(x_row, V, lo, m, n_kept, mass, zm, T, top_k * 1.0, cand_ptr,
+                                       False, BLOCK_V, CAP, P_ROW, P_CAND)
+    if TOP_P:
+        tau, n_kept, mass = _threshold(x_row, V, tau, m, n_kept, mass, zm, T, mass * top_p, cand_ptr,
+                                       True, BLOCK_V, CAP, P_ROW, P_CAND)
+    return tau, mass
+
+
+@triton.jit
+def _candidate_thresholds(row, nsplit, m, zm, mass, T, top_k, top_p, part_ptr, part_arg_ptr, cand_ptr,
+                          TOP_K: tl.constexpr, TOP_P: tl.constexpr, CAP: tl.constexpr, P_CAND: tl.constexpr,
+                          M: tl.constexpr, NSPLIT_P2: tl.constexpr):
+    """Top-k then top-p threshold from the chunks' stored candidates, in registers (_threshold_among). Exact
+    when the thresholds lie above W, the largest logit left out: every logit above W is a candidate. Returns
+    tau, the mass kept, and 1 when both were found (else 0: the caller searches the row)."""
+    i = tl.arange(0, CAP)
+    count = tl.load(part_arg_ptr + row * NSPLIT_P2 + i // M, mask=i // M < nsplit, other=0, cache_modifier=".cg")
+    x = tl.load(cand_ptr + i, mask=(i % M) < count, other=-float("inf"), cache_modifier=".cg").to(tl.float32)
+    k = tl.arange(0, NSPLIT_P2)
+    w = tl.load(part_ptr + (row * NSPLIT_P2 + k) * 4 + 3, mask=k < nsplit, other=-float("inf"),
+                cache_modifier=".cg")
+    x = tl.where(x > tl.max(w, 0).to(tl.float32), x, -float("inf"))
+    e = _exp(x, zm, T)
+    tau = tl.min(tl.where(x > -float("inf"), x, float("inf")), 0)  # +inf when there is none
+    n_kept = tl.sum((x > -float("inf")).to(tl.float32), 0)
+    kept = tl.sum(e, 0, dtype=tl.float64)
+    found = 1
+    if TOP_K:  # the k-th largest logit
+        found = (n_kept >= top_k).to(tl.int32)
+        if found != 0:
+            tau, n_kept, kept = _threshold_among(x, e, tau, m, n_kept, kept, 0.0, tl.full([], 0, tl.float64),
+                                                 top_k * 1.0, False, P_CAND)
+    if TOP_P:  # the largest logit whose mass and above reaches top_p of the mass kept so far
+        target = mass * top_p
         if TOP_K:
-            tau, n_kept, mass = _threshold(x_row, V, lo, m, n_kept, mass, zm, T, top_k * 1.0, cand_ptr,
-                                           False, BLOCK_V, CAP, P_ROW, P_CAND)
-            lo = tau
-        if TOP_P:
-            tau, n_kept, mass = _threshold(x_row, V, lo, m, n_kept, mass, zm, T, mass * top_p,
-                                           cand_ptr, True, BLOCK_V, CAP, P_ROW, P_CAND)
-        inv_mass = (1.0 / mass).to(tl.float32)
+            target = kept * top_p
+        found = found * (kept >= target).to(tl.int32)
+        if found != 0:
+            tau, n_kept, kept = _threshold_among(x, e, tau, m, n_kept, kept, 0.0, tl.full([], 0, tl.float64),
+                                                 target, True, P_CAND)
+    return tau, kept, found
+
+
+@triton.jit
+def _store_row_and_test(x_row, row, b, j, G, zm, inv_mass, tau, am, draft_tokens_ptr, draft_probs_ptr,
+                        uniforms_ptr, stats_ptr, argmax_ptr, flags_ptr, V: tl.constexpr, T,
+                        GREEDY: tl.constexpr, STOCHASTIC: tl.constexpr):
+    """Store the row's statistics (zm, 1 / mass, tau, argmax) and test its draft token (when j < G)."""
     tl.store(stats_ptr + row * 3, zm)
     tl.store(stats_ptr + row * 3 + 1, inv_mass)
     tl.store(stats_ptr + row * 3 + 2, tau)
@@ -314,37 +380,153 @@ def _finish_row(x_row, row, b, j, G, V: tl.constexpr, T, top_k, top_p, draft_tok
 
 
 @triton.jit
-def _finish_batch_row(b, G, T, logits_ptr, draft_tokens_ptr, draft_probs_ptr, uniforms_ptr,
-                      n_accepted_ptr, tokens_ptr, stats_ptr, argmax_ptr, flags_ptr, bsum_ptr,
-                      V: tl.constexpr, GREEDY: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK_V: tl.constexpr,
-                      NBLK_P2: tl.constexpr, G1_P2: tl.constexpr):
-    """First rejection n of one batch entry, its residual (or bonus) sample, and the output tokens."""
+def _finish_row(x_row, row, b, j, G, V: tl.constexpr, T, top_k, top_p, draft_tokens_ptr, draft_probs_ptr,
+                uniforms_ptr, part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, cand_ptr, nsplit,
+                GREEDY: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr,
+                BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr,
+                NSPLIT_P2: tl.constexpr):
+    """Combine the chunk partials of one row, find its thresholds by passes over the row, and test its draft
+    token (when j < G). The tree kernel's row finisher (the chain kernel's: _finish_chain_row)."""
+    m, zm, mass, lo, am = _combine_chunks(part_ptr, part_arg_ptr, row, nsplit, T, V, GREEDY, NSPLIT_P2, 3)
+    tau = -float("inf")  # keeps every logit
+    inv_mass = 1.0
+    if not GREEDY:
+        if TOP_K or TOP_P:
+            tau, mass = _search_thresholds(x_row, V, lo, m, mass, zm, T, top_k, top_p, cand_ptr + row * CAP,
+                                           TOP_K, TOP_P, BLOCK_V, CAP, P_ROW, P_CAND)
+        inv_mass = (1.0 / mass).to(tl.float32)
+    _store_row_and_test(x_row, row, b, j, G, zm, inv_mass, tau, am, draft_tokens_ptr, draft_probs_ptr,
+                        uniforms_ptr, stats_ptr, argmax_ptr, flags_ptr, V, T, GREEDY, STOCHASTIC)
+
+
+@triton.jit
+def _finish_chain_row(x_row, row, b, j, G, V: tl.constexpr, T, top_k, top_p, draft_tokens_ptr, draft_probs_ptr,
+                      uniforms_ptr, part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, cand_ptr, nsplit,
+                      GREEDY: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr,
+                      BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr,
+                      NSPLIT_P2: tl.constexpr, M: tl.constexpr):
+    """_finish_row for the chain kernel: thresholds from the chunks' candidates when they hold them (one sort
+    in registers), by passes over the row otherwise."""
+    m, zm, mass, lo, am = _combine_chunks(part_ptr, part_arg_ptr, row, nsplit, T, V, GREEDY, NSPLIT_P2, 4)
+    tau = -float("inf")  # keeps every logit
+    inv_mass = 1.0
+    if not GREEDY:
+        if TOP_K or TOP_P:
+            cand_ptr += row * CAP
+            full = mass
+            tau, mass, found = _candidate_thresholds(row, nsplit, m, zm, mass, T, top_k, top_p, part_ptr,
+                                                     part_arg_ptr, cand_ptr, TOP_K, TOP_P, CAP, P_CAND, M,
+                                                     NSPLIT_P2)
+            if found == 0:  # a threshold among the logits left out: search the row (this reuses the buffer)
+                tau, mass = _search_thresholds(x_row, V, lo, m, full, zm, T, top_k, top_p, cand_ptr, TOP_K,
+                                               TOP_P, BLOCK_V, CAP, P_ROW, P_CAND)
+        inv_mass = (1.0 / mass).to(tl.float32)
+    _store_row_and_test(x_row, row, b, j, G, zm, inv_mass, tau, am, draft_tokens_ptr, draft_probs_ptr,
+                        uniforms_ptr, stats_ptr, argmax_ptr, flags_ptr, V, T, GREEDY, STOCHASTIC)
+
+
+@triton.jit
+def _first_rejection(flags_ptr, first, G, G1_P2: tl.constexpr):
+    """Index of a batch entry's first rejected draft (G when all were accepted), from its rows' flags."""
     i = tl.arange(0, G1_P2)
-    first = b * (G + 1)
     accepted = tl.load(flags_ptr + first + i, mask=i < G, other=0, cache_modifier=".cg")
-    n = tl.min(tl.where((accepted == 0) & (i < G), i, G), 0)
-    rn = first + n
-    if GREEDY:
-        token = tl.load(argmax_ptr + rn, cache_modifier=".cg")
-    else:
-        zm = tl.load(stats_ptr + rn * 3, cache_modifier=".cg").to(tl.float32)
-        inv_mass = tl.load(stats_ptr + rn * 3 + 1, cache_modifier=".cg").to(tl.float32)
-        tau = tl.load(stats_ptr + rn * 3 + 2, cache_modifier=".cg").to(tl.float32)
-        x_n = tl.load(draft_tokens_ptr + b * G + n, mask=n < G, other=-1)
-        x_row = logits_ptr + rn.to(tl.int64) * V
-        q_row = draft_probs_ptr + (b * G + n).to(tl.int64) * V  # read only when n < G
-        token = _sample_residual(x_row, q_row, x_n, (n < G).to(tl.int32), zm, inv_mass, tau, T,
-                                 tl.load(uniforms_ptr + first + G), bsum_ptr, V, STOCHASTIC, BLOCK_V, NBLK_P2)
+    return tl.min(tl.where((accepted == 0) & (i < G), i, G), 0)
+
+
+@triton.jit
+def _store_outputs(b, G, n, token, draft_tokens_ptr, n_accepted_ptr, tokens_ptr, G1_P2: tl.constexpr):
+    """tokens[b] = the accepted drafts, then `token` at n (its tail is unspecified); n_accepted[b] = n."""
+    i = tl.arange(0, G1_P2)
     drafts = tl.load(draft_tokens_ptr + b * G + i, mask=i < G, other=0)
-    tl.store(tokens_ptr + first + i, tl.where((i == n) | (i == G), token.to(tl.int64), drafts), mask=i <= G)
+    tl.store(tokens_ptr + b * (G + 1) + i, tl.where((i == n) | (i == G), token.to(tl.int64), drafts), mask=i <= G)
     tl.store(n_accepted_ptr + b, n.to(tl.int64))
+
+
+@triton.jit
+def _verify_kernel(
+    logits_ptr, draft_tokens_ptr, draft_probs_ptr, uniforms_ptr,  # inputs
+    n_accepted_ptr, tokens_ptr,  # outputs (greedy; the sampled ones come from _residual_kernel)
+    part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, counters_ptr, cand_ptr,  # workspace
+    B, G, T, top_k, top_p,
+    V: tl.constexpr, GREEDY: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr,
+    NSPLIT_P2: tl.constexpr, G1_P2: tl.constexpr, M: tl.constexpr, NBINS: tl.constexpr,
+):
+    """Grid (B, G+1, chunks): chunk statistics (and, with top-k / top-p, the chunk's largest logits), then the
+    last chunk of a row finishes it (_finish_chain_row); greedy: the last row of a batch entry finishes it."""
+    b = tl.program_id(0)
+    j = tl.program_id(1)
+    c = tl.program_id(2)
+    row = b * (G + 1) + j
+    x_row = logits_ptr + row.to(tl.int64) * V
+    m, s, lo, am = _chunk_stats(x_row, V, c * CHUNK, T, GREEDY, CHUNK, BLOCK_V)
+    slot = row * NSPLIT_P2 + c
+    tl.store(part_ptr + slot * 4, m)
+    tl.store(part_ptr + slot * 4 + 1, s)
+    tl.store(part_ptr + slot * 4 + 2, lo)
+    tl.store(part_arg_ptr + slot, am)
+    if not GREEDY:
+        if TOP_K or TOP_P:  # part_arg then holds the candidate count
+            n, left_out = _store_candidates(x_row, c, lo, m, cand_ptr + row * CAP + c * M, V, CHUNK, BLOCK_V, M,
+                                            NBINS)
+            tl.store(part_arg_ptr + slot, n)
+            tl.store(part_ptr + slot * 4 + 3, left_out)
+    nsplit = tl.cdiv(V, CHUNK)
+    if _arrive_last(counters_ptr + row, nsplit):
+        tl.store(counters_ptr + row, 0)  # counters reset themselves: no memset before the next call
+        _finish_chain_row(x_row, row, b, j, G, V, T, top_k, top_p, draft_tokens_ptr, draft_probs_ptr,
+                          uniforms_ptr, part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, cand_ptr, nsplit,
+                          GREEDY, TOP_K, TOP_P, STOCHASTIC, BLOCK_V, CAP, P_ROW, P_CAND, NSPLIT_P2, M)
+        if GREEDY:
+            batch_counter = counters_ptr + B * (G + 1) + b
+            if _arrive_last(batch_counter, G + 1):
+                tl.store(batch_counter, 0)
+                n = _first_rejection(flags_ptr, b * (G + 1), G, G1_P2)
+                token = tl.load(argmax_ptr + b * (G + 1) + n, cache_modifier=".cg")
+                _store_outputs(b, G, n, token, draft_tokens_ptr, n_accepted_ptr, tokens_ptr, G1_P2)
+
+
+@triton.jit
+def _residual_kernel(
+    logits_ptr, draft_tokens_ptr, draft_probs_ptr, uniforms_ptr,  # inputs
+    n_accepted_ptr, tokens_ptr,  # outputs
+    stats_ptr, flags_ptr, counters_ptr, bsum_ptr,  # workspace, filled by _verify_kernel
+    G, T,
+    V: tl.constexpr, STOCHASTIC: tl.constexpr, CHUNK: tl.constexpr, BLOCK_V: tl.constexpr,
+    NBLK_P2: tl.constexpr, G1_P2: tl.constexpr,
+):
+    """Sampled modes, grid (B, chunks): each program finds the first rejection n and sums the residual
+    max(p_n - q_n, 0) over its chunk's blocks (float64); the last to finish samples from the block sums."""
+    b = tl.program_id(0)
+    c = tl.program_id(1)
+    first = b * (G + 1)
+    n = _first_rejection(flags_ptr, first, G, G1_P2)
+    rn = first + n
+    zm = tl.load(stats_ptr + rn * 3, cache_modifier=".cg").to(tl.float32)
+    inv_mass = tl.load(stats_ptr + rn * 3 + 1, cache_modifier=".cg").to(tl.float32)
+    tau = tl.load(stats_ptr + rn * 3 + 2, cache_modifier=".cg").to(tl.float32)
+    x_n = tl.load(draft_tokens_ptr + b * G + n, mask=n < G, other=-1)
+    q_on = (n < G).to(tl.int32)  # after G acceptances the bonus token comes from p
+    x_row = logits_ptr + rn.to(tl.int64) * V
+    q_row = draft_probs_ptr + (b * G + n).to(tl.int64) * V  # read only when n < G
+    bsum_ptr += b * NBLK_P2
+    for i in range(CHUNK // BLOCK_V):
+        off = c * CHUNK + i * BLOCK_V
+        r = _residual(x_row, q_row, off + tl.arange(0, BLOCK_V), x_n, q_on, zm, inv_mass, tau, T, V, STOCHASTIC)
+        tl.store(bsum_ptr + off // BLOCK_V, tl.sum(r, 0, dtype=tl.float64), mask=off < V)
+    if _arrive_last(counters_ptr + b, tl.cdiv(V, CHUNK)):
+        tl.store(counters_ptr + b, 0)
+        token = _sample_residual(x_row, q_row, x_n, q_on, zm, inv_mass, tau, T, tl.load(uniforms_ptr + first + G),
+                                 bsum_ptr, V, STOCHASTIC, BLOCK_V, NBLK_P2)
+        _store_outputs(b, G, n, token, draft_tokens_ptr, n_accepted_ptr, tokens_ptr, G1_P2)
 
 
 @dataclass(frozen=True)
 class Tuning:
     """Launch shape; any values give the same result. block_v: elements per vector op; chunk: per program
-    of the first stage; cap: candidates kept in registers by the threshold search; pivots_row / pivots_cand:
-    pivots per bisection step over the row / the candidates (powers of two)."""
+    of the first stage; cap: logits kept in registers by the threshold search (the chain kernel's candidates:
+    cap / chunks per row from each chunk); pivots_row / pivots_cand: pivots per bisection step over the row /
+    the candidates; bins: histogram bins that pick a chunk's candidates (powers of two)."""
 
     block_v: int
     chunk: int
@@ -352,11 +534,13 @@ class Tuning:
     pivots_row: int
     pivots_cand: int
     num_warps: int
+    bins: int = 64
 
 
 GPU = Tuning(block_v=2048, chunk=8192, cap=1024, pivots_row=2, pivots_cand=8, num_warps=8)
 # The interpreter pays per operation, not per element: whole rows at once, wide bisection steps.
-INTERPRETER = Tuning(block_v=1 << 17, chunk=1 << 17, cap=4096, pivots_row=8, pivots_cand=16, num_warps=1)
+INTERPRETER = Tuning(block_v=1 << 17, chunk=1 << 17, cap=4096, pivots_row=8, pivots_cand=16, num_warps=1,
+                     bins=256)
 
 
 @dataclass(frozen=True)
@@ -396,38 +580,91 @@ class Launch:
                     num_warps=t.num_warps)
 
 
+def check_compiles(device: torch.device, kernel, name: str, reference: str) -> None:
+    """Triton compiles for GPUs only: elsewhere the kernel runs only in the interpreter."""
+    if device.type != "cuda" and isinstance(kernel, JITFunction):
+        raise ValueError(
+            f"{name} got {device} tensors, but Triton compiles for GPUs only: set TRITON_INTERPRET=1 before "
+            f"anything imports triton (tests/conftest.py does), or use {reference}"
+        )
+
+
+def no_capture(device: torch.device, name: str) -> None:
+    """A new shape allocates and zeroes its workspace: that must happen outside a CUDA graph capture."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise ValueError(f"{name} met a new shape while capturing a CUDA graph: call it once with these shapes "
+                         "and sampling before capturing (a warm-up run)")
+
+
+class _ChainPlan:
+    """Everything verify_triton derives from the input shapes, the sampling and the tuning: checked, sized and
+    allocated once (the workspace too: its counters reset themselves), so a call only launches."""
+
+    def __init__(self, target_logits: Tensor, draft_tokens: Tensor, draft_probs: Tensor | None, sampling,
+                 uniforms: Tensor, tuning: Tuning | None) -> None:
+        check_inputs(target_logits, draft_tokens, draft_probs, uniforms)
+        dev = target_logits.device
+        check_compiles(dev, _verify_kernel, "verify_triton", "verify_reference")
+        no_capture(dev, "verify_triton")
+        b, g1, vocab = target_logits.shape
+        shape = Launch.of(vocab, sampling, tuning or (GPU if dev.type == "cuda" else INTERPRETER))
+        rows, nsplit_p2, nblk_p2 = b * g1, triton.next_power_of_2(shape.nsplit), triton.next_power_of_2(shape.nblk)
+        cap = max(shape.tuning.cap, nsplit_p2)  # at least one candidate per chunk
+        # Workspace: chunk partials (max, mass, min, largest logit left out), row stats, candidates, block sums
+        # (float64: sums of probabilities accumulate in float64); counters start at 0 and reset themselves.
+        sizes = [rows * nsplit_p2 * 4, rows * 3, rows * cap, b * nblk_p2]
+        part, stats, cand, bsum = torch.empty(sum(sizes), dtype=torch.float64, device=dev).split(sizes)
+        sizes = [rows + 2 * b, rows * nsplit_p2, rows, rows]
+        counters, part_arg, argmax, flags = torch.zeros(sum(sizes), dtype=torch.int32, device=dev).split(sizes)
+        self.batch, self.greedy, self.dev = b, shape.greedy, dev
+        scalars = shape.scalars(sampling)
+        constants = shape.constants(draft_probs is not None)
+        g1_p2 = triton.next_power_of_2(g1)
+        self.grid = (b, g1, shape.nsplit)
+        self.workspace = (part, part_arg, stats, argmax, flags, counters, cand)
+        self.args = (b, g1 - 1, *scalars)
+        self.constants = {k: v for k, v in constants.items() if k != "NBLK_P2"} | dict(
+            CAP=cap, G1_P2=g1_p2, M=cap // nsplit_p2, NBINS=shape.tuning.bins)
+        self.residual_grid = (b, shape.nsplit)
+        self.residual_workspace = (stats, flags, counters[rows + b:], bsum)
+        self.residual_args = (g1 - 1, scalars[0])
+        self.residual_constants = dict(V=vocab, STOCHASTIC=draft_probs is not None, CHUNK=shape.chunk,
+                                       BLOCK_V=shape.block_v, NBLK_P2=nblk_p2, G1_P2=g1_p2,
+                                       num_warps=shape.tuning.num_warps)
+
+    def launch(self, logits: Tensor, draft_tokens: Tensor, draft_probs: Tensor | None,
+               uniforms: Tensor) -> tuple[Tensor, Tensor]:
+        b = self.batch
+        out = torch.empty(b * (self.grid[1] + 1), dtype=torch.int64, device=self.dev)
+        n_accepted, tokens = out[:b], out[b:].view(b, self.grid[1])
+        inputs = (logits, draft_tokens, logits if draft_probs is None else draft_probs, uniforms)
+        _verify_kernel[self.grid](*inputs, n_accepted, tokens, *self.workspace, *self.args, **self.constants)
+        if not self.greedy:
+            _residual_kernel[self.residual_grid](*inputs, n_accepted, tokens, *self.residual_workspace,
+                                                 *self.residual_args, **self.residual_constants)
+        return n_accepted, tokens
+
+
+_CHAIN_PLANS: dict[tuple, _ChainPlan] = {}
+
+
+def plan_key(sampling, tuning: Tuning | None, *tensors: Tensor | None) -> tuple:
+    """What a plan depends on, cheap to build: each tensor's shape, dtype and device, and the sampling."""
+    return (sampling.temperature, sampling.top_k, sampling.top_p, tuning,
+            *((None,) if t is None else (t.shape, t.dtype, t.device) for t in tensors))
+
+
 def verify_triton(
     target_logits: Tensor, draft_tokens: Tensor, draft_probs: Tensor | None, sampling, uniforms: Tensor,
     tuning: Tuning | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """`verify_reference` in one kernel launch (non-finite logits are the caller's check)."""
-    check_inputs(target_logits, draft_tokens, draft_probs, uniforms)
-    on_gpu = target_logits.device.type == "cuda"
-    if not on_gpu and isinstance(_verify_kernel, JITFunction):
-        raise ValueError(
-            f"verify_triton got {target_logits.device} tensors, but Triton compiles for GPUs only: set "
-            "TRITON_INTERPRET=1 before anything imports triton (tests/conftest.py does), or use "
-            "verify_reference"
-        )
-    b, g1, vocab = target_logits.shape
-    shape = Launch.of(vocab, sampling, tuning or (GPU if on_gpu else INTERPRETER))
-    rows, nsplit_p2 = b * g1, triton.next_power_of_2(shape.nsplit)
-    dev = target_logits.device
-    # Workspace: chunk partials, row stats, threshold candidates, block sums (float64: sums of probabilities
-    # accumulate in float64); counters must start at 0.
-    cap = shape.tuning.cap if shape.top_k or shape.top_p else 0
-    sizes = [rows * nsplit_p2 * 3, rows * 3, rows * cap, b * triton.next_power_of_2(shape.nblk)]
-    part, stats, cand, bsum = torch.empty(sum(sizes), dtype=torch.float64, device=dev).split(sizes)
-    sizes = [rows + b, rows * nsplit_p2, rows, rows]
-    counters, part_arg, argmax, flags = torch.zeros(sum(sizes), dtype=torch.int32, device=dev).split(sizes)
-    n_accepted = torch.empty(b, dtype=torch.int64, device=dev)
-    tokens = torch.empty(b, g1, dtype=torch.int64, device=dev)
-    logits = target_logits.contiguous()
-    _verify_kernel[(b, g1, shape.nsplit)](
-        logits, draft_tokens.contiguous(), logits if draft_probs is None else draft_probs.contiguous(),
-        uniforms.float().contiguous(), n_accepted, tokens,
-        part, part_arg, stats, argmax, flags, counters, cand, bsum,
-        b, g1 - 1, *shape.scalars(sampling),
-        **shape.constants(draft_probs is not None), G1_P2=triton.next_power_of_2(g1),
-    )
-    return n_accepted, tokens
+    """`verify_reference` in one kernel launch (greedy) or two (sampled). Inputs are checked the first time a
+    shape, dtype, sampling and tuning come (then cached); non-finite logits are the caller's check. No host
+    sync: the call can be captured in a CUDA graph once that combination has run outside it. Calls on one
+    device share a workspace: keep them on one stream."""
+    key = plan_key(sampling, tuning, target_logits, draft_tokens, draft_probs, uniforms)
+    plan = _CHAIN_PLANS.get(key)
+    if plan is None:
+        plan = _CHAIN_PLANS[key] = _ChainPlan(target_logits, draft_tokens, draft_probs, sampling, uniforms, tuning)
+    return plan.launch(target_logits.contiguous(), draft_tokens.contiguous(),
+                       None if draft_probs is None else draft_probs.contiguous(), uniforms.float().contiguous())
