@@ -94,6 +94,14 @@ def launch_every_wrapper() -> None:
         parents = torch.tensor([i // 2 - 1 for i in range(n)])  # a binary tree: parents precede children
         tokens = torch.randint(0, vocab, (n,), generator=g)
         verify_tree_triton(logits, tokens, parents, probs, sampling, torch.rand(n + 1, generator=g), GPU)
+    # Decode attention (no sampling modes): the H200's 132 SMs, the dtypes, head sizes and block lengths it meets.
+    from flashspec.models import attention
+
+    for dtype, dim, heads, kv_heads, n in ((torch.bfloat16, 128, 32, 8, 1), (torch.bfloat16, 64, 9, 3, 9),
+                                          (torch.float16, 128, 32, 8, 33), (torch.float32, 64, 4, 2, 5)):
+        q = torch.randn(n, heads, dim).to(dtype)
+        k, v = (torch.randn(kv_heads, 256, dim).to(dtype) for _ in "kv")
+        attention.launch(q, k, v, torch.arange(100, 100 + n), sms=132, upcast=False)
 
 
 def compile_launch(fn, args: tuple, kwargs: dict) -> None:

@@ -176,6 +176,12 @@ def decode_attention_triton(q: Tensor, k_cache: Tensor, v_cache: Tensor, positio
     """decode_attention_reference's result, reading only the used part of the cache (see the module doc).
     A custom op, so torch.compile calls it as one opaque op instead of tracing into the launches."""
     check_inputs(q, k_cache, v_cache, positions)
+    return launch(q, k_cache, v_cache, positions, sm_count(q.device), upcast=q.device.type == "cpu")
+
+
+def launch(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, sms: int, upcast: bool) -> Tensor:
+    """The two launches for a device of `sms` multiprocessors; `upcast`: float32 dots (the interpreter's).
+    Apart from the custom op, so tests/test_verify_compile.py can record the GPU's launches on any machine."""
     n, heads, dim = q.shape
     kv_heads = k_cache.shape[0]
     rep = heads // kv_heads
@@ -191,7 +197,7 @@ def decode_attention_triton(q: Tensor, k_cache: Tensor, v_cache: Tensor, positio
     _decode_attention_split[(kv_heads, max_splits, m_blocks)](
         q, k_cache, v_cache, positions, acc, ml, n, rep, max_splits, qk_scale, *q.stride(), *k_cache.stride(),
         *v_cache.stride(), D=dim, D_PAD=d_pad, M_PAD=m_pad, BLOCK_M=block_m, BLOCK_N=block_n, N_P2=n_p2,
-        PRECISION=precision, UPCAST=q.device.type == "cpu",
+        PRECISION=precision, UPCAST=upcast,
         num_warps=4 if block_m <= 16 else 8, num_stages=2,  # no register spills on sm_90 (ptxas, Triton 3.9)
     )
     _decode_attention_combine[(n, heads)](

@@ -35,6 +35,7 @@ from flashspec.verify.triton_kernel import (
     check_compiles,
     no_capture,
     plan_key,
+    pow2,
 )
 
 
@@ -207,11 +208,11 @@ class _TreePlan:
         check_compiles(dev, _tree_kernel, "verify_tree_triton", "verify_tree_reference")
         no_capture(dev, "verify_tree_triton")
         shape = Launch.of(vocab, sampling, tuning or (GPU if dev.type == "cuda" else INTERPRETER))
-        nsplit_p2 = triton.next_power_of_2(shape.nsplit)
+        nsplit_p2 = pow2(shape.nsplit)
         # Workspace: chunk partials, row stats, threshold candidates, block sums (float64, as the chain kernel's),
         # the residual (float32), counters.
-        cap = shape.tuning.cap if shape.top_k or shape.top_p else 0
-        sizes = [n1 * nsplit_p2 * 3, n1 * 3, n1 * cap, triton.next_power_of_2(shape.nblk)]
+        cap = shape.cap if shape.top_k or shape.top_p else 0
+        sizes = [n1 * nsplit_p2 * 3, n1 * 3, n1 * cap, pow2(shape.nblk)]
         part, stats, cand, bsum = torch.empty(sum(sizes), dtype=torch.float64, device=dev).split(sizes)
         buf = torch.empty(vocab, dtype=torch.float32, device=dev)
         sizes = [n1 + 1, n1 * nsplit_p2, n1]

@@ -158,7 +158,7 @@ def _threshold(x_row, V: tl.constexpr, lo, hi, n_in, mass_in, zm, T, target, can
     at t. Needs logits lo <= t <= hi, n_in / mass_in = count / mass of the logits in [lo, hi], none above hi.
     Multi-way bisection over values, snapped to logits: passes over the row (P_ROW pivots) until at most
     CAP logits are left in [lo, hi], then on those in registers (P_CAND pivots)."""
-    n_above = 0.0
+    n_above = tl.zeros([], tl.float32)
     mass_above = tl.full([], 0, tl.float64)
     while (lo < hi) & (n_in > CAP):
         count, mass, up, down = _pivot_stats_row(x_row, V, _pivots(lo, hi, P_ROW), hi, zm, T, BLOCK_V, P_ROW)
@@ -343,7 +343,7 @@ def _candidate_thresholds(row, nsplit, m, zm, mass, T, top_k, top_p, part_ptr, p
     if TOP_K:  # the k-th largest logit
         found = (n_kept >= top_k).to(tl.int32)
         if found != 0:
-            tau, n_kept, kept = _threshold_among(x, e, tau, m, n_kept, kept, 0.0, tl.full([], 0, tl.float64),
+            tau, n_kept, kept = _threshold_among(x, e, tau, m, n_kept, kept, tl.zeros([], tl.float32), tl.zeros([], tl.float64),
                                                  top_k * 1.0, False, P_CAND)
     if TOP_P:  # the largest logit whose mass and above reaches top_p of the mass kept so far
         target = mass * top_p
@@ -351,7 +351,7 @@ def _candidate_thresholds(row, nsplit, m, zm, mass, T, top_k, top_p, part_ptr, p
             target = kept * top_p
         found = found * (kept >= target).to(tl.int32)
         if found != 0:
-            tau, n_kept, kept = _threshold_among(x, e, tau, m, n_kept, kept, 0.0, tl.full([], 0, tl.float64),
+            tau, n_kept, kept = _threshold_among(x, e, tau, m, n_kept, kept, tl.zeros([], tl.float32), tl.zeros([], tl.float64),
                                                  target, True, P_CAND)
     return tau, kept, found
 
@@ -567,6 +567,13 @@ class Launch:
         return cls(vocab, tuning, block_v, chunk, triton.cdiv(vocab, chunk), nblk, greedy,
                    not greedy and 0 < sampling.top_k < vocab, not greedy and sampling.top_p < 1)
 
+    @property
+    def cap(self) -> int:
+        """Logits the threshold search keeps in registers: below the chunk size, since Triton 3.6's coalescing
+        pass crashes on the kernels when cap >= chunk (seen for vocabularies up to 4096 on sm_90). A smaller
+        cap only means more bisection passes over the row; the threshold found is the same."""
+        return min(self.tuning.cap, self.chunk // 2)
+
     def scalars(self, sampling) -> tuple[float, int, float]:
         """Temperature (1 when greedy: unused), top_k, and top_p as its float32 value, interpreted too."""
         top_p = torch.tensor(sampling.top_p, dtype=torch.float32).item()
@@ -575,9 +582,15 @@ class Launch:
     def constants(self, stochastic: bool) -> dict:
         t = self.tuning
         return dict(V=self.vocab, GREEDY=self.greedy, TOP_K=self.top_k, TOP_P=self.top_p, STOCHASTIC=stochastic,
-                    CHUNK=self.chunk, BLOCK_V=self.block_v, CAP=t.cap, P_ROW=t.pivots_row, P_CAND=t.pivots_cand,
-                    NSPLIT_P2=triton.next_power_of_2(self.nsplit), NBLK_P2=triton.next_power_of_2(self.nblk),
+                    CHUNK=self.chunk, BLOCK_V=self.block_v, CAP=self.cap, P_ROW=t.pivots_row, P_CAND=t.pivots_cand,
+                    NSPLIT_P2=pow2(self.nsplit), NBLK_P2=pow2(self.nblk),
                     num_warps=t.num_warps)
+
+
+def pow2(n: int) -> int:
+    """The power of two >= n that sizes a per-chunk or per-block vector: at least 2, since Triton 3.6's
+    coalescing pass asserts on one-element vectors (seen for V = 1000 on the H200)."""
+    return max(2, triton.next_power_of_2(n))
 
 
 def check_compiles(device: torch.device, kernel, name: str, reference: str) -> None:
@@ -608,8 +621,8 @@ class _ChainPlan:
         no_capture(dev, "verify_triton")
         b, g1, vocab = target_logits.shape
         shape = Launch.of(vocab, sampling, tuning or (GPU if dev.type == "cuda" else INTERPRETER))
-        rows, nsplit_p2, nblk_p2 = b * g1, triton.next_power_of_2(shape.nsplit), triton.next_power_of_2(shape.nblk)
-        cap = max(shape.tuning.cap, nsplit_p2)  # at least one candidate per chunk
+        rows, nsplit_p2, nblk_p2 = b * g1, pow2(shape.nsplit), pow2(shape.nblk)
+        cap = max(shape.cap, nsplit_p2)  # at least one candidate per chunk
         # Workspace: chunk partials (max, mass, min, largest logit left out), row stats, candidates, block sums
         # (float64: sums of probabilities accumulate in float64); counters start at 0 and reset themselves.
         sizes = [rows * nsplit_p2 * 4, rows * 3, rows * cap, b * nblk_p2]
