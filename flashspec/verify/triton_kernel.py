@@ -390,8 +390,11 @@ class Launch:
 
     def constants(self, stochastic: bool) -> dict:
         t = self.tuning
+        # Fewer candidates than the vocabulary's power of two: with CAP >= it Triton 3.6 crashes compiling the
+        # threshold search (TritonGPUCoalesce); any CAP gives the same result.
+        cap = min(t.cap, max(1, triton.next_power_of_2(self.vocab) // 2))
         return dict(V=self.vocab, GREEDY=self.greedy, TOP_K=self.top_k, TOP_P=self.top_p, STOCHASTIC=stochastic,
-                    CHUNK=self.chunk, BLOCK_V=self.block_v, CAP=t.cap, P_ROW=t.pivots_row, P_CAND=t.pivots_cand,
+                    CHUNK=self.chunk, BLOCK_V=self.block_v, CAP=cap, P_ROW=t.pivots_row, P_CAND=t.pivots_cand,
                     NSPLIT_P2=triton.next_power_of_2(self.nsplit), NBLK_P2=triton.next_power_of_2(self.nblk),
                     num_warps=t.num_warps)
 
