@@ -28,7 +28,7 @@ test-gpu:
 	$(PYTHON) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'test-gpu needs a CUDA GPU (make test runs on the CPU)')"
 	mkdir -p $(dir $(GPU_LOG))
 	$(PYTHON) -c "import torch, triton; print('commit $(COMMIT),', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| triton', triton.__version__)" > $(GPU_LOG)
-	$(PYTHON) -m pytest -n 4 --dist loadfile -q -rs -p no:cacheprovider >> $(GPU_LOG) 2>&1 || (cat $(GPU_LOG); exit 1)
+	$(PYTHON) -m pytest -n 4 --dist loadfile -q -rs --durations=15 -p no:cacheprovider >> $(GPU_LOG) 2>&1 || (cat $(GPU_LOG); exit 1)
 	cat $(GPU_LOG)
 
 test-chaos:
