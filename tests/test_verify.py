@@ -6,13 +6,15 @@ the kernel runs in Triton's interpreter.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from flashspec.config import SamplingConfig
 from flashspec.verify import process_logits, sample_from, verify, verify_reference, verify_triton
-from flashspec.verify.triton_kernel import Tuning
+from flashspec.verify.triton_kernel import _CHAIN_PLANS, Tuning
 
 SAMPLINGS = {
     "greedy": SamplingConfig(),
@@ -190,11 +192,13 @@ def test_mismatched_shapes_are_rejected(impl, device) -> None:
 # ---------------------------------------------------------------- the chain kernel's launch plan and thresholds
 
 # The GPU's launch shape on a small vocabulary, with few candidates per chunk (8): top-k / top-p thresholds
-# among them are found by one sort, the others by passes over the row; both must give the reference's result.
-FEW_CANDIDATES = Tuning(block_v=256, chunk=512, cap=64, pivots_row=2, pivots_cand=8, num_warps=4, bins=16)
+# among them are found by a sort (or a bisection), the others by passes over the row: all give the reference's.
+# The interpreter pays per operation and per program: few rows and chunks (tests/test_verify_gpu.py covers
+# every gamma up to 16 at V = 128256 on a GPU).
+FEW_CANDIDATES = Tuning(block_v=128, chunk=256, cap=32, pivots_row=4, pivots_cand=8, num_warps=4, bins=16)
 THRESHOLD_MODES = {
-    "topk5": SamplingConfig(temperature=0.9, top_k=5),  # inside the candidates
-    "topk300": SamplingConfig(temperature=0.9, top_k=300),  # beyond them
+    "topk3": SamplingConfig(temperature=0.9, top_k=3),  # inside the candidates
+    "topk100": SamplingConfig(temperature=0.9, top_k=100),  # beyond them
     "t0.5_topp0.9": SamplingConfig(temperature=0.5, top_p=0.9),  # a small nucleus
     "t3_topp0.95": SamplingConfig(temperature=3.0, top_p=0.95),  # a wide one
     "topk3_topp0.5": SamplingConfig(temperature=0.7, top_k=3, top_p=0.5),
@@ -202,23 +206,25 @@ THRESHOLD_MODES = {
 }
 
 
+@pytest.mark.parametrize("sort", [True, False])
 @pytest.mark.parametrize("mode", sorted(THRESHOLD_MODES))
-def test_candidate_thresholds_match_reference_at_every_gamma(mode: str) -> None:
-    sampling = THRESHOLD_MODES[mode]
-    for gamma in range(1, 17):
-        args = make_inputs(2, gamma, 3000, sampling, gamma % 2 == 0, seed=gamma)
-        assert_same_outcome(verify_triton(*args[:3], sampling, args[3], FEW_CANDIDATES),
+def test_candidate_thresholds_match_reference(mode: str, sort: bool) -> None:
+    sampling, tuning = THRESHOLD_MODES[mode], replace(FEW_CANDIDATES, sort=sort)
+    for gamma in (1, 3):
+        args = make_inputs(1, gamma, 700, sampling, gamma == 3, seed=gamma)
+        assert_same_outcome(verify_triton(*args[:3], sampling, args[3], tuning),
                             verify_reference(*args[:3], sampling, args[3]))
 
 
 @pytest.mark.parametrize("mode", ["greedy", "t0.7_topp0.8", "topk50"])
 def test_repeated_calls_reuse_the_plan_and_agree(mode: str) -> None:
-    # The second and third calls run on the cached workspace, whose counters the kernels reset themselves.
+    # The later calls run on the cached workspace, whose counters the kernels reset themselves.
     sampling = SAMPLINGS[mode]
-    for seed in range(3):
-        args = make_inputs(2, 4, 2000, sampling, True, seed=seed)
+    for seed, gamma in [(0, 2), (1, 2), (2, 2), (3, 16)]:
+        args = make_inputs(1, gamma, 2000, sampling, True, seed=seed)
         assert_same_outcome(verify_triton(*args[:3], sampling, args[3], GPU_LIKE),
                             verify_reference(*args[:3], sampling, args[3]))
+    assert all(not plan.counters.any() for plan in _CHAIN_PLANS.values())
 
 
 @pytest.mark.parametrize("mode", ["greedy", "t0.7_topk100_topp0.8"])

@@ -233,7 +233,7 @@ def verify_tree_triton(
     """`verify_tree_reference` in one kernel launch. Shapes are checked once per shape (plan_key); `parents` is
     checked when it comes on the CPU (the engine's case; a device tensor would cost a sync) and is moved to
     the logits' device."""
-    key = plan_key(sampling, tuning, target_logits, tokens, parents, draft_probs, uniforms)
+    key = plan_key(sampling, tuning, target_logits, tokens, draft_probs, uniforms, parents)
     plan = _TREE_PLANS.get(key)
     if plan is None:
         plan = _TREE_PLANS[key] = _TreePlan(target_logits, tokens, parents, draft_probs, sampling, uniforms, tuning)

@@ -324,10 +324,10 @@ def _search_thresholds(x_row, V: tl.constexpr, lo, m, mass, zm, T, top_k, top_p,
 @triton.jit
 def _candidate_thresholds(row, nsplit, m, zm, mass, T, top_k, top_p, part_ptr, part_arg_ptr, cand_ptr,
                           TOP_K: tl.constexpr, TOP_P: tl.constexpr, CAP: tl.constexpr, P_CAND: tl.constexpr,
-                          M: tl.constexpr, NSPLIT_P2: tl.constexpr):
-    """Top-k then top-p threshold from the chunks' stored candidates, in registers (_threshold_among). Exact
-    when the thresholds lie above W, the largest logit left out: every logit above W is a candidate. Returns
-    tau, the mass kept, and 1 when both were found (else 0: the caller searches the row)."""
+                          M: tl.constexpr, NSPLIT_P2: tl.constexpr, SORT: tl.constexpr):
+    """Top-k then top-p threshold from the chunks' stored candidates, in registers. Exact when the thresholds
+    lie above W, the largest logit left out: every logit above W is a candidate. Returns tau, the mass kept,
+    and 1 when both were found (else 0: the caller searches the row)."""
     i = tl.arange(0, CAP)
     count = tl.load(part_arg_ptr + row * NSPLIT_P2 + i // M, mask=i // M < nsplit, other=0, cache_modifier=".cg")
     x = tl.load(cand_ptr + i, mask=(i % M) < count, other=-float("inf"), cache_modifier=".cg").to(tl.float32)
@@ -335,17 +335,50 @@ def _candidate_thresholds(row, nsplit, m, zm, mass, T, top_k, top_p, part_ptr, p
     w = tl.load(part_ptr + (row * NSPLIT_P2 + k) * 4 + 3, mask=k < nsplit, other=-float("inf"),
                 cache_modifier=".cg")
     x = tl.where(x > tl.max(w, 0).to(tl.float32), x, -float("inf"))
+    if SORT:
+        tau, kept, found = _sorted_thresholds(x, zm, mass, T, top_k, top_p, TOP_K, TOP_P, CAP)
+    else:
+        tau, kept, found = _bisected_thresholds(x, m, zm, mass, T, top_k, top_p, TOP_K, TOP_P, P_CAND)
+    return tau, kept, found
+
+
+@triton.jit
+def _sorted_thresholds(x, zm, mass, T, top_k, top_p, TOP_K: tl.constexpr, TOP_P: tl.constexpr, CAP: tl.constexpr):
+    """_candidate_thresholds by one sort (the GPU's way; the interpreter sorts slowly): the k-th largest
+    logit, then the first, from the top, at which the cumulative mass reaches top_p of the mass kept."""
+    i = tl.arange(0, CAP)
+    x = tl.sort(x, 0, descending=True)
+    e = tl.where(x > -float("inf"), _exp(x, zm, T), 0.0)
+    tau = -float("inf")
+    kept = mass
+    found = 1
+    if TOP_K:
+        found = (tl.sum((x > -float("inf")).to(tl.int32), 0) >= top_k).to(tl.int32)
+        tau = tl.max(tl.where(i == top_k - 1, x, -float("inf")), 0)
+        kept = tl.sum(tl.where(x >= tau, e, 0.0), 0, dtype=tl.float64)
+    if TOP_P:
+        reached = (tl.cumsum(e.to(tl.float64), 0) >= kept * top_p) & (x >= tau) & (x > -float("inf"))
+        found = found * (tl.sum(reached.to(tl.int32), 0) > 0).to(tl.int32)
+        tau = tl.max(tl.where(reached, x, -float("inf")), 0)
+        kept = tl.sum(tl.where(x >= tau, e, 0.0), 0, dtype=tl.float64)
+    return tau, kept, found
+
+
+@triton.jit
+def _bisected_thresholds(x, m, zm, mass, T, top_k, top_p, TOP_K: tl.constexpr, TOP_P: tl.constexpr,
+                         P_CAND: tl.constexpr):
+    """_candidate_thresholds by bisection over the candidates' values (_threshold_among)."""
     e = _exp(x, zm, T)
     tau = tl.min(tl.where(x > -float("inf"), x, float("inf")), 0)  # +inf when there is none
     n_kept = tl.sum((x > -float("inf")).to(tl.float32), 0)
     kept = tl.sum(e, 0, dtype=tl.float64)
     found = 1
-    if TOP_K:  # the k-th largest logit
+    if TOP_K:
         found = (n_kept >= top_k).to(tl.int32)
         if found != 0:
             tau, n_kept, kept = _threshold_among(x, e, tau, m, n_kept, kept, tl.zeros([], tl.float32), tl.zeros([], tl.float64),
                                                  top_k * 1.0, False, P_CAND)
-    if TOP_P:  # the largest logit whose mass and above reaches top_p of the mass kept so far
+    if TOP_P:
         target = mass * top_p
         if TOP_K:
             target = kept * top_p
@@ -404,7 +437,7 @@ def _finish_chain_row(x_row, row, b, j, G, V: tl.constexpr, T, top_k, top_p, dra
                       uniforms_ptr, part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, cand_ptr, nsplit,
                       GREEDY: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr,
                       BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr,
-                      NSPLIT_P2: tl.constexpr, M: tl.constexpr):
+                      NSPLIT_P2: tl.constexpr, M: tl.constexpr, SORT: tl.constexpr):
     """_finish_row for the chain kernel: thresholds from the chunks' candidates when they hold them (one sort
     in registers), by passes over the row otherwise."""
     m, zm, mass, lo, am = _combine_chunks(part_ptr, part_arg_ptr, row, nsplit, T, V, GREEDY, NSPLIT_P2, 4)
@@ -416,7 +449,7 @@ def _finish_chain_row(x_row, row, b, j, G, V: tl.constexpr, T, top_k, top_p, dra
             full = mass
             tau, mass, found = _candidate_thresholds(row, nsplit, m, zm, mass, T, top_k, top_p, part_ptr,
                                                      part_arg_ptr, cand_ptr, TOP_K, TOP_P, CAP, P_CAND, M,
-                                                     NSPLIT_P2)
+                                                     NSPLIT_P2, SORT)
             if found == 0:  # a threshold among the logits left out: search the row (this reuses the buffer)
                 tau, mass = _search_thresholds(x_row, V, lo, m, full, zm, T, top_k, top_p, cand_ptr, TOP_K,
                                                TOP_P, BLOCK_V, CAP, P_ROW, P_CAND)
@@ -450,7 +483,7 @@ def _verify_kernel(
     B, G, T, top_k, top_p,
     V: tl.constexpr, GREEDY: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr,
-    NSPLIT_P2: tl.constexpr, G1_P2: tl.constexpr, M: tl.constexpr, NBINS: tl.constexpr,
+    NSPLIT_P2: tl.constexpr, G1_P2: tl.constexpr, M: tl.constexpr, NBINS: tl.constexpr, SORT: tl.constexpr,
 ):
     """Grid (B, G+1, chunks): chunk statistics (and, with top-k / top-p, the chunk's largest logits), then the
     last chunk of a row finishes it (_finish_chain_row); greedy: the last row of a batch entry finishes it."""
@@ -476,7 +509,7 @@ def _verify_kernel(
         tl.store(counters_ptr + row, 0)  # counters reset themselves: no memset before the next call
         _finish_chain_row(x_row, row, b, j, G, V, T, top_k, top_p, draft_tokens_ptr, draft_probs_ptr,
                           uniforms_ptr, part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, cand_ptr, nsplit,
-                          GREEDY, TOP_K, TOP_P, STOCHASTIC, BLOCK_V, CAP, P_ROW, P_CAND, NSPLIT_P2, M)
+                          GREEDY, TOP_K, TOP_P, STOCHASTIC, BLOCK_V, CAP, P_ROW, P_CAND, NSPLIT_P2, M, SORT)
         if GREEDY:
             batch_counter = counters_ptr + B * (G + 1) + b
             if _arrive_last(batch_counter, G + 1):
@@ -526,7 +559,8 @@ class Tuning:
     """Launch shape; any values give the same result. block_v: elements per vector op; chunk: per program
     of the first stage; cap: logits kept in registers by the threshold search (the chain kernel's candidates:
     cap / chunks per row from each chunk); pivots_row / pivots_cand: pivots per bisection step over the row /
-    the candidates; bins: histogram bins that pick a chunk's candidates (powers of two)."""
+    the candidates; bins: histogram bins that pick a chunk's candidates (powers of two); sort: find the
+    chain kernel's thresholds among its candidates by sorting them (else by bisection)."""
 
     block_v: int
     chunk: int
@@ -535,12 +569,13 @@ class Tuning:
     pivots_cand: int
     num_warps: int
     bins: int = 64
+    sort: bool = True
 
 
 GPU = Tuning(block_v=2048, chunk=8192, cap=1024, pivots_row=2, pivots_cand=8, num_warps=8)
-# The interpreter pays per operation, not per element: whole rows at once, wide bisection steps.
+# The interpreter pays per operation, not per element: whole rows at once, wide bisection steps, no sorts.
 INTERPRETER = Tuning(block_v=1 << 17, chunk=1 << 17, cap=4096, pivots_row=8, pivots_cand=16, num_warps=1,
-                     bins=256)
+                     bins=256, sort=False)
 
 
 @dataclass(frozen=True)
@@ -629,7 +664,7 @@ class _ChainPlan:
         part, stats, cand, bsum = torch.empty(sum(sizes), dtype=torch.float64, device=dev).split(sizes)
         sizes = [rows + 2 * b, rows * nsplit_p2, rows, rows]
         counters, part_arg, argmax, flags = torch.zeros(sum(sizes), dtype=torch.int32, device=dev).split(sizes)
-        self.batch, self.greedy, self.dev = b, shape.greedy, dev
+        self.batch, self.greedy, self.dev, self.counters = b, shape.greedy, dev, counters
         scalars = shape.scalars(sampling)
         constants = shape.constants(draft_probs is not None)
         g1_p2 = triton.next_power_of_2(g1)
@@ -637,7 +672,7 @@ class _ChainPlan:
         self.workspace = (part, part_arg, stats, argmax, flags, counters, cand)
         self.args = (b, g1 - 1, *scalars)
         self.constants = {k: v for k, v in constants.items() if k != "NBLK_P2"} | dict(
-            CAP=cap, G1_P2=g1_p2, M=cap // nsplit_p2, NBINS=shape.tuning.bins)
+            CAP=cap, G1_P2=g1_p2, M=cap // nsplit_p2, NBINS=shape.tuning.bins, SORT=shape.tuning.sort)
         self.residual_grid = (b, shape.nsplit)
         self.residual_workspace = (stats, flags, counters[rows + b:], bsum)
         self.residual_args = (g1 - 1, scalars[0])
@@ -661,10 +696,13 @@ class _ChainPlan:
 _CHAIN_PLANS: dict[tuple, _ChainPlan] = {}
 
 
-def plan_key(sampling, tuning: Tuning | None, *tensors: Tensor | None) -> tuple:
-    """What a plan depends on, cheap to build: each tensor's shape, dtype and device, and the sampling."""
-    return (sampling.temperature, sampling.top_k, sampling.top_p, tuning,
-            *((None,) if t is None else (t.shape, t.dtype, t.device) for t in tensors))
+def plan_key(sampling, tuning: Tuning | None, logits: Tensor, tokens: Tensor, probs: Tensor | None, uniforms: Tensor,
+             parents: Tensor | None = None) -> tuple:
+    """What a plan depends on, cheap to build (spelled out: a loop costs microseconds): the sampling, the tuning,
+    the inputs' shapes and dtypes, and the logits' device."""
+    return (sampling.temperature, sampling.top_k, sampling.top_p, tuning, logits.device, logits.dtype, logits.shape,
+            tokens.shape, tokens.dtype, None if probs is None else (probs.shape, probs.dtype), uniforms.shape,
+            uniforms.dtype, None if parents is None else parents.shape)
 
 
 def verify_triton(
