@@ -809,7 +809,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--hf-eager-tokens", type=int, default=128, help="eager generate is slow: fewer")
     parser.add_argument("--models-dir", type=Path, default=Path("results/models"))
-    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--data-dir", type=Path, default=Path("flashspec/data"))  # the packaged prompt sets
     parser.add_argument("--family-prompts", type=int, default=10, help="prompts per dataset in section e")
     parser.add_argument("--family-tokens", type=int, default=128)
     parser.add_argument("--commit", default="", help="the commit measured (default: git rev-parse HEAD)")

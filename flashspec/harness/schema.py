@@ -56,7 +56,8 @@ class RunConfig:
     gamma: Any = 4  # an int, or a list: every (arm, gamma) pair is an arm of the bandit
     verifier: str = "auto"  # auto | reference | triton
     max_new_tokens: int = 32
-    data_dir: str = "../shared/data"  # relative paths are taken from the project root
+    # The prompt sets' folder; None: those shipped in flashspec/data. Relative paths are taken from the project root.
+    data_dir: str | None = None
     baseline: bool = True  # also time plain autoregressive decoding of each prompt, for the speedup column
     warmup: int = 1  # untimed generations (on the first prompts) before measuring; hardware/ sets it
     # cuDNN's attention builds a plan for every new sequence length (seconds each on an H200, so an eager
