@@ -109,9 +109,10 @@ def load_prompts(cfg: DatasetConfig, data_dir: str | None) -> list[Prompt]:
     else:
         path = resolve_data_dir(data_dir) / cfg.file
         if not path.is_file():
+            where = f"now {data_dir!r}, relative to {PROJECT_ROOT}" if data_dir else "now the packaged prompt sets"
             raise ValueError(
-                f"data file {path} not found: set data_dir (now {data_dir!r}, relative to {PROJECT_ROOT}) "
-                f"to the folder holding {cfg.file!r}, or dataset.file to the file's path"
+                f"data file {path} not found: set data_dir ({where}) to the folder holding {cfg.file!r}, "
+                "or dataset.file to the file's path"
             )
         prompts = [to_prompt(r, f"{path} record {i}", cfg.name) for i, r in enumerate(read_jsonl(path), 1)]
     return select(prompts, cfg)
