@@ -5,6 +5,7 @@
 #                     is stopped, torn files never count, bad inputs fail with a clear error
 #   make bench-quick  a GPU smoke benchmark, fewer points (scripts/bench_h100.py --quick)
 #   make bench        the full GPU benchmark into results/h100, then the README's results table
+#   make paper        paper/figures and paper/tables from the committed studies (results/cpu/), nothing else
 PYTHON ?= python
 BENCH_OUT ?= results/h100
 QUICK_OUT ?= /tmp/flashspec-bench-quick
@@ -13,7 +14,7 @@ CHAOS = tests/test_harness_sweep.py::test_killed_sweep_resumes_without_redoing_o
 	tests/test_quality_humaneval.py::test_runaway_programs_are_stopped \
 	tests/test_harness_store.py tests/test_engine_errors.py
 
-.PHONY: test test-gpu test-chaos bench-quick bench lint readme
+.PHONY: test test-gpu test-chaos bench-quick bench lint readme paper
 
 test:
 	$(PYTHON) -m pytest -n 2 -q
@@ -37,3 +38,6 @@ lint:
 
 readme:
 	$(PYTHON) scripts/readme_table.py
+
+paper:
+	$(PYTHON) scripts/make_paper.py
