@@ -75,7 +75,8 @@ def set_threads(cfg: RunConfig) -> int:
 
 def run_info(cfg: RunConfig, run_id: str) -> dict:
     return {
-        "run_id": run_id, "config_hash": config_hash(cfg), "seed": cfg.sampling.seed, "threads": set_threads(cfg),
+        "run_id": run_id, "config_hash": config_hash(cfg), "seed": cfg.sampling.seed,
+        "threads": torch.get_num_threads(),
         "versions": versions(), "git_commit": git_commit(), "device": device_name(cfg.target.device),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # per worker under a GPU pool
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -172,10 +173,10 @@ def decode_all(cfg: RunConfig, prompts: list[Prompt], run_id: str) -> dict[str, 
             key = {"run_id": run_id, "prompt_id": prompt.id, "turn": turn}
             about = {"category": prompt.category, "prompt_id": prompt.id, "turn": turn}
             quality = {"passed": passed(prompt, messages, out)}
-            row = shared | about | result_row(cfg, out, base) | quality
+            result = shared | about | result_row(cfg, out, base) | quality
             log.debug("%s turn %d: %d new tokens, tau %.2f, %.1f tok/s, speedup %.2f", prompt.id, turn,
-                      row["new_tokens"], row["tau"], row["tokens_per_s"], row["speedup"])
-            tables["results"].append(row)
+                      result["new_tokens"], result["tau"], result["tokens_per_s"], result["speedup"])
+            tables["results"].append(result)
             tables["arms"] += [key | row for row in arm_rows(out)]
             tables["trace"] += [key | row for row in trace_rows(out)]
             # The next turn follows the model's own answer, as MT-Bench asks.
@@ -196,6 +197,7 @@ def run(cfg: RunConfig, info: dict, run_dir: Path, root: Path) -> pd.DataFrame |
     prompts = load_prompts(cfg.dataset, cfg.data_dir)  # bad data fails here, before any file is written
     run_dir.mkdir(parents=True, exist_ok=True)
     store.clear_done(run_dir)
+    set_threads(cfg)
     info |= run_info(cfg, run_dir.name)
     store.write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
     log.info(f"writing to {run_dir} ({len(prompts)} prompts of {cfg.dataset.name}, {cfg.target.model} on "
@@ -222,8 +224,9 @@ def main(cfg: DictConfig, run_dir: Path, root: Path, choices: dict | None = None
 
 
 SUMMARY_KEYS = ["method", "bandit", "bandit_scope", "fixed_arm", "arm_set", "gamma", "dataset"]
-# The baseline's time per token hardly depends on the prompt at these lengths: its spread across prompts is
-# the machine's timing noise. Above this coefficient of variation, per-prompt speedups are not to be trusted.
+# The baseline's time per new token depends little on the prompt (prefill aside): its spread across prompts is
+# mostly the machine's timing noise. Above this coefficient of variation, per-prompt speedups are not to be
+# trusted.
 NOISY_CV = 0.25
 
 
@@ -240,9 +243,9 @@ def summary_text(results: pd.DataFrame, root: Path) -> str:
              "prompts, timed once per prompt in this process (a sweep's later runs reuse it)\n")
     noise = timing_noise(results)
     if noise > NOISY_CV:
-        text += (f"warning: timings too noisy to trust: the autoregressive baseline's time per token varies by "
-                 f"{noise:.0%} across prompts (coefficient of variation; above {NOISY_CV:.0%} is noise, not "
-                 "the prompts): measure on an idle machine, with more prompts, or threads=1\n")
+        text += (f"warning: timings too noisy to trust: the autoregressive baseline's time per new token varies "
+                 f"by {noise:.0%} across prompts (coefficient of variation, over {NOISY_CV:.0%}: a busy machine, "
+                 "or prompts of very different lengths); measure on an idle machine, or with more prompts\n")
     return text + f"\nresults: {root} (results.csv, arms.csv, trace.csv; run.json and run.log per run)"
 
 
