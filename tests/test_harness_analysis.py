@@ -87,6 +87,9 @@ def test_mean_regret_curve_never_falls_when_short_requests_end():
     assert plain.tolist() == [0, 3, 6, 4, 4]  # what the figure used to show: a fall once `q` ends
     mean = regret_curve(pd.concat([long, short])).groupby("step")["cumulative_regret"].mean()
     assert mean.tolist() == [0, 3, 6, 6, 6]
+    # Pooled over runs (one figure line per method over several prompt sets): a shorter run's requests too.
+    pooled = regret_curve(pd.concat([long, short.assign(run_id="s")])).groupby("step")["cumulative_regret"]
+    assert pooled.mean().tolist() == [0, 3, 6, 6, 6]
 
 
 def test_arm_share_fills_unplayed_arms_with_zero():

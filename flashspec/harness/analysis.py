@@ -106,14 +106,15 @@ def regret(trace: pd.DataFrame) -> pd.DataFrame:
 
 
 def regret_curve(trace: pd.DataFrame) -> pd.DataFrame:
-    """Cumulative regret of every request at every step up to its run's longest request: a request that has
-    ended keeps its final value. Averaging the plain per-request curves instead would let the mean fall where
-    short requests (with their smaller totals) drop out; this curve never falls."""
+    """Cumulative regret of every request at every step up to the longest request of the trace: a request that
+    has ended keeps its final value. Averaging the plain per-request curves instead lets the mean fall where
+    short requests drop out (or, where a figure pools runs, where a run's longest request ends); this curve
+    never falls."""
     keys = ["run_id", "prompt_id", "turn"]
-    curves = []
+    curves, last = [], int(trace["step"].max()) if len(trace) else 0
     for run_id, steps in regret(trace).groupby("run_id", sort=False):
         wide = steps.pivot_table(index="step", columns=["prompt_id", "turn"], values="cumulative_regret")
-        wide = wide.reindex(range(1, int(steps["step"].max()) + 1)).ffill()
+        wide = wide.reindex(range(1, last + 1)).ffill()
         curves.append(wide.stack(["prompt_id", "turn"], future_stack=True).rename("cumulative_regret")
                       .reset_index().assign(run_id=run_id))
     columns = [*keys, "step", "cumulative_regret"]
