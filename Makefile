@@ -7,6 +7,7 @@
 #   make bench-quick  a GPU smoke benchmark of about 3 minutes, fewer points (scripts/bench_gpu.py --quick)
 #   make bench        the full GPU benchmark into results/gpu, then the README's results table
 #                     (SMOLLM2=<save_pretrained folder> adds the real SmolLM2-135M and the harness section)
+#   make paper        paper/figures and paper/tables from the committed studies (results/cpu/), nothing else
 PYTHON ?= python
 BENCH_OUT ?= results/gpu
 SMOLLM2 ?=
@@ -18,7 +19,7 @@ CHAOS = tests/test_harness_sweep.py::test_killed_sweep_resumes_without_redoing_o
 	tests/test_quality_humaneval.py::test_runaway_programs_are_stopped \
 	tests/test_harness_store.py tests/test_engine_errors.py
 
-.PHONY: test test-gpu test-chaos bench-quick bench lint readme
+.PHONY: test test-gpu test-chaos bench-quick bench lint readme paper
 
 test:
 	$(PYTHON) -m pytest -n 2 -q
@@ -46,3 +47,6 @@ lint:
 
 readme:
 	$(PYTHON) scripts/readme_table.py
+
+paper:
+	$(PYTHON) scripts/make_paper.py

@@ -3,6 +3,8 @@
     python run.py                                   # smoke run: tiny model, CPU, 3 MT-Bench questions
     python run.py -m bandit=ucb1,thompson gamma=2,4,8   # a 6-run sweep into one results.csv
     python run.py -m experiment=main_table          # a named study (conf/experiment/)
+
+A bad input ends the run with one line saying what to fix; `--verbose` (or HYDRA_FULL_ERROR=1) shows the stack.
 """
 
 import hydra
@@ -19,4 +21,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app.cli(main)

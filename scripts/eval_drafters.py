@@ -66,7 +66,7 @@ def added_params(arm: ArmConfig) -> int:
     return total
 
 
-def prompt_ids(tokenizer, data_dir: str, limit: int) -> dict[str, list[list[int]]]:
+def prompt_ids(tokenizer, data_dir: str | None, limit: int) -> dict[str, list[list[int]]]:
     """First-turn token ids of the first `limit` prompts of each dataset."""
     out = {}
     for name, chat in DATASETS.items():
@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=Path("results/models"),
                         help=f"folder holding {TARGET}, the flashspec-draft-* models and trained drafters")
-    parser.add_argument("--data-dir", default="../shared/data",
-                        help="folder of the prompt sets (a relative path is taken from the project root)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder of the prompt sets (default: the packaged ones, flashspec/data; a relative "
+                        "path is taken from the project root)")
     parser.add_argument("--limit", type=int, default=20, help="prompts per dataset")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--gamma", type=int, default=4)

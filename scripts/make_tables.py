@@ -2,9 +2,10 @@
 rate, and speedup over autoregressive decoding (rows: methods and the best fixed arm in hindsight; columns:
 datasets).
 
-    python scripts/make_tables.py outputs/sweeps/<sweep> [--out paper/tables]
+    python scripts/make_tables.py outputs/sweeps/<sweep> [--out <folder>]    # default: <sweep>/tables
 
-paper/main.tex inputs the .tex files by name.
+paper/main.tex inputs the .tex files by name; they are made from the committed studies only, by
+scripts/make_paper.py (make paper).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from flashspec.harness.analysis import labelled, load, summarize, with_oracle
 METRICS = {  # file -> (summary column, caption)
     "throughput": ("tok/s", "Throughput (new tokens per second over all prompts)."),
     "alpha": ("alpha", "Mean acceptance rate $\\alpha$ (accepted / drafted tokens)."),
-    "speedup": ("speedup", "Speedup over autoregressive decoding of the same target on the same prompts."),
+    "speedup": ("speedup", "Speedup over autoregressive decoding of the same target on the same prompts: total "
+                "new tokens over total time, over the baseline's (the speedup figure averages per-prompt "
+                "speedups instead)."),
 }
-PAPER = Path(__file__).resolve().parents[1] / "paper"
 LATEX_SPECIALS = {"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "γ": r"$\gamma$", "τ": r"$\tau$"}
 
 
@@ -34,9 +36,9 @@ def cell(value: float) -> str:
     return "–" if pd.isna(value) else f"{value:.2f}"
 
 
-def markdown(table: pd.DataFrame) -> str:
+def markdown(table: pd.DataFrame, caption: str) -> str:
     header = ["method", *map(str, table.columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [caption.replace("$\\alpha$", "α"), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = zip(table.index, table.values, strict=True)
     lines += ["| " + " | ".join([str(i), *map(cell, row)]) + " |" for i, row in rows]
     return "\n".join(lines) + "\n"
@@ -63,10 +65,11 @@ def main(sweep: Path, out: Path) -> list[Path]:
     written = []
     for name, (column, caption) in METRICS.items():
         table = pivot(results, column)
-        (out / f"{name}.md").write_text(markdown(table))
+        (out / f"{name}.md").write_text(markdown(table, caption))
         (out / f"{name}.tex").write_text(latex(table, caption, name))
         written += [out / f"{name}.md", out / f"{name}.tex"]
-        print(f"{name}\n{markdown(table)}")
+        print(f"{name}\n{markdown(table, caption)}")
+    print(f"{len(written)} tables written to {out}:", *(p.name for p in written))
     return written
 
 
@@ -75,6 +78,6 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("sweep", type=Path, help="a sweep (or run) directory holding results.csv")
-    parser.add_argument("--out", type=Path, default=PAPER / "tables", help="default: paper/tables")
+    parser.add_argument("--out", type=Path, help="where the tables go (default: <sweep>/tables)")
     args = parser.parse_args()
-    main(args.sweep, args.out)
+    main(args.sweep, args.out or args.sweep / "tables")

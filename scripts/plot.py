@@ -1,9 +1,10 @@
 """Figures from a sweep's CSVs, as PNG and PDF: speedup by dataset and method, tau against gamma, the arms'
 share over decoding, and cumulative regret against the best arm in hindsight.
 
-    python scripts/plot.py outputs/sweeps/<sweep> [--out paper/figures]
+    python scripts/plot.py outputs/sweeps/<sweep> [--out <folder>]     # default: <sweep>/figures
 
-A figure whose data the sweep lacks (no single-gamma runs, no bandit runs) is skipped with a message.
+A figure whose data the sweep lacks (no single-gamma runs, no bandit runs) is skipped with a message. The
+paper's figures come from the committed studies only: scripts/make_paper.py (make paper).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from flashspec.harness.analysis import Tables, arm_share, labelled, load, regret, with_oracle  # noqa: E402
+from flashspec.harness.analysis import Tables, arm_share, labelled, load, regret_curve, with_oracle  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper")
 
@@ -35,7 +36,8 @@ def speedup(t: Tables) -> plt.Figure | None:
     _, ax = plt.subplots(figsize=(min(max(width, 6.4), 16), 4.8))
     sns.barplot(data=data, x="dataset", y="speedup", hue="label", errorbar=("ci", 95), ax=ax)
     ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set(ylabel="speedup over autoregressive (mean per prompt, 95% CI)", xlabel="")
+    # The mean of per-prompt speedups; the tables' speedup is a ratio of totals (long answers weigh more).
+    ax.set(ylabel="speedup over autoregressive\n(mean of per-prompt speedups, 95% CI)", xlabel="")
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False)
     return ax.figure
 
@@ -69,9 +71,10 @@ def arm_shares(t: Tables) -> plt.Figure | None:
 def regrets(t: Tables) -> plt.Figure | None:
     if t.trace.empty:
         return None
-    data = regret(t.trace).merge(run_labels(t), on="run_id")
+    data = regret_curve(t.trace).merge(run_labels(t), on="run_id")
     ax = sns.lineplot(data=data, x="step", y="cumulative_regret", hue="label", errorbar=("ci", 95))
-    ax.set(xlabel="decoding step", ylabel="cumulative regret (tokens)")
+    ax.set(xlabel="decoding step", ylabel="cumulative regret per request (tokens, 95% CI)\n"
+           "(a finished request keeps its final value)")
     return ax.figure
 
 
@@ -93,7 +96,7 @@ def main(sweep: Path, out: Path) -> list[Path]:
             fig.savefig(out / f"{name}.{ext}", bbox_inches="tight", dpi=150)
             written.append(out / f"{name}.{ext}")
         plt.close(fig)
-    print("\n".join(map(str, written)))
+    print(f"{len(written)} figures written to {out}:", *(p.name for p in written))
     return written
 
 

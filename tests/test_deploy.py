@@ -1,5 +1,5 @@
-"""deploy/: the Dockerfile, the compose file and the Kubernetes Job run the README's main command, and mount
-the prompt sets where the default data_dir looks (no `docker build` needed)."""
+"""deploy/: the Dockerfile, the compose file and the Kubernetes Job run the README's main command, with the
+packaged prompt sets inside the image (no `docker build` needed)."""
 
 import json
 import posixpath
@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from flashspec.harness.schema import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -39,11 +37,6 @@ def instruction(name: str) -> list[str]:
     return [args for op, args in dockerfile() if op == name]
 
 
-def data_dir_in(workdir: str) -> str:
-    """Where the default data_dir (relative to the project root) points inside the image."""
-    return posixpath.normpath(posixpath.join(workdir, RunConfig().data_dir))
-
-
 def test_main_command_is_run_py():
     assert main_command()[-1] == "run.py" and main_command()[0].startswith("python")
 
@@ -55,7 +48,8 @@ def test_dockerfile_runs_the_main_command_on_a_cuda_image():
     assert installs, "the Dockerfile must install the package itself, editable, as the README does"
     extras = set(re.search(r"\.\[([^\]]*)\]", installs[0]).group(1).split(","))
     assert "gpu" in extras and "launchers" in extras
-    assert data_dir_in(instruction("WORKDIR")[-1]) in json.loads(instruction("VOLUME")[-1])
+    ignored = (DEPLOY / "Dockerfile.dockerignore").read_text()
+    assert "/app" in instruction("COPY")[-1] and not re.search(r"^(flashspec|\*\*)?/?data", ignored, re.M)
 
 
 def test_compose_runs_the_main_command_as_a_sweep():
@@ -66,7 +60,7 @@ def test_compose_runs_the_main_command_as_a_sweep():
         assert service["entrypoint"] == main_command(), name
         assert "-m" in service["command"], f"{name}: a sweep is a multirun (-m)"
         mounts = [v["target"] for v in service["volumes"]]
-        assert data_dir_in(workdir) in mounts and posixpath.join(workdir, "outputs") in mounts
+        assert posixpath.join(workdir, "outputs") in mounts
         assert service["build"]["dockerfile"] == "deploy/Dockerfile"
 
 
@@ -84,7 +78,6 @@ def test_kubernetes_job_runs_the_main_command_and_writes_to_a_volume():
     results = next(name for name, path in mounts.items() if sweep_dir.startswith(path + "/"))
     claim = volumes[results]["persistentVolumeClaim"]["claimName"]
     assert any(d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim for d in docs)
-    assert data_dir_in(instruction("WORKDIR")[-1]) in mounts.values()
     assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flashspec.harness.analysis import ORACLE, arm_share, labelled, regret, summarize, with_oracle
+from flashspec.harness.analysis import ORACLE, arm_share, labelled, regret, regret_curve, summarize, with_oracle
 from flashspec.harness.runner import COLUMNS
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -80,6 +80,18 @@ def test_regret_counts_the_gap_to_the_best_arm_of_the_request():
     assert list(regret(trace(["a"] * 3, [2, 1, 3]))["cumulative_regret"]) == [0, 0, 0]
 
 
+def test_mean_regret_curve_never_falls_when_short_requests_end():
+    long = trace(["a", "b", "b", "a", "a"], [3, 1, 1, 3, 3])  # cumulative regret 0, 2, 4, 4, 4
+    short = trace(["a", "b", "b"], [5, 1, 1]).assign(prompt_id="q")  # 0, 4, 8: ends early, with more regret
+    plain = regret(pd.concat([long, short])).groupby("step")["cumulative_regret"].mean()
+    assert plain.tolist() == [0, 3, 6, 4, 4]  # what the figure used to show: a fall once `q` ends
+    mean = regret_curve(pd.concat([long, short])).groupby("step")["cumulative_regret"].mean()
+    assert mean.tolist() == [0, 3, 6, 6, 6]
+    # Pooled over runs (one figure line per method over several prompt sets): a shorter run's requests too.
+    pooled = regret_curve(pd.concat([long, short.assign(run_id="s")])).groupby("step")["cumulative_regret"]
+    assert pooled.mean().tolist() == [0, 3, 6, 6, 6]
+
+
 def test_arm_share_fills_unplayed_arms_with_zero():
     share = arm_share(pd.concat([trace(["a", "a", "b", "b"], [1] * 4), trace(["c"] * 4, [1] * 4, run="s")]),
                       bins=2)
@@ -115,7 +127,8 @@ def sweep_dir(tmp_path: Path) -> Path:
 def test_tables_have_a_row_per_method_and_a_column_per_dataset(tmp_path):
     out = tmp_path / "tables"
     script("make_tables").main(sweep_dir(tmp_path), out)
-    lines = (out / "speedup.md").read_text().splitlines()
+    caption, blank, *lines = (out / "speedup.md").read_text().splitlines()
+    assert "total new tokens over total time" in caption and "per-prompt" in caption and not blank
     assert lines[0] == "| method | d1 | d2 |"
     assert {line.split(" | ")[0][2:] for line in lines[2:]} == {
         "autoregressive", "fixed a, γ=4", "fixed b, γ=4", "ucb1 (both), γ=4", ORACLE}
@@ -136,3 +149,15 @@ def test_a_compressed_trace_reads_as_the_plain_one(tmp_path):
     (sweep / "trace.csv.gz").unlink()
     with pytest.raises(ValueError, match="has no trace.csv"):
         load(sweep)
+
+
+def test_scripts_write_into_the_sweep_unless_told_and_the_paper_only_from_committed_studies(tmp_path, capsys):
+    sweep = sweep_dir(tmp_path)
+    written = script("make_tables").main(sweep, sweep / "tables")
+    assert written and all(p.parent == sweep / "tables" for p in written)
+    assert f"written to {sweep / 'tables'}" in capsys.readouterr().out
+    paper = script("make_paper")
+    main_tex = (paper.PAPER / "main.tex").read_text()
+    for study, sub in paper.STUDIES.items():
+        assert (paper.ROOT / study / "results.csv").is_file(), study  # committed
+        assert f"tables/{sub + '/' if sub else ''}speedup.tex" in main_tex

@@ -3,10 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from flashspec.harness.data import DatasetConfig, encode, load_prompts, plain_chat, resolve_data_dir
+from flashspec.harness.data import PACKAGED_DATA, DatasetConfig, encode, load_prompts, plain_chat, resolve_data_dir
+from flashspec.harness.schema import RunConfig
 from flashspec.models.tiny import tiny_tokenizer
-
-SHARED = resolve_data_dir("../shared/data")
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -61,7 +60,12 @@ def test_missing_file_names_path_and_data_dir(tmp_path):
 
 def test_relative_data_dir_is_taken_from_the_project_root():
     root = Path(__file__).resolve().parents[1]
-    assert resolve_data_dir("../shared/data") == (root / "../shared/data").resolve()
+    assert resolve_data_dir("some/data") == (root / "some/data").resolve()
+
+
+def test_default_data_dir_is_the_packaged_prompt_sets():
+    assert RunConfig().data_dir is None and resolve_data_dir(None) == PACKAGED_DATA
+    assert PACKAGED_DATA == Path(__file__).resolve().parents[1] / "flashspec" / "data"
 
 
 def test_chat_template_plain_fallback_and_raw_completion():
@@ -78,13 +82,23 @@ def test_chat_template_plain_fallback_and_raw_completion():
     assert plain_chat(messages) == "User: hi\nAssistant: yo\nUser: again\nAssistant:"
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"the shared prompt sets are not at {SHARED}")
 @pytest.mark.parametrize("name,count", [("mt_bench", 80), ("humaneval", 164), ("alpaca", 80),
                                         ("spec_bench", 480)])
-def test_shared_prompt_sets_load(name, count):
-    prompts = load_prompts(DatasetConfig(name=name, file=f"{name}.jsonl"), "../shared/data")
+def test_packaged_prompt_sets_load(name, count):
+    prompts = load_prompts(DatasetConfig(name=name, file=f"{name}.jsonl"), None)
     assert len(prompts) == count and all(p.turns for p in prompts)
     assert len({p.id for p in prompts}) == count
+    assert f"`{name}.jsonl`" in (PACKAGED_DATA / "README.md").read_text()  # its source and licence
+
+
+def test_the_package_declares_its_prompt_sets_as_package_data():
+    """`pip install .` (not editable) copies only what pyproject declares."""
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["flashspec"]
+    shipped = {p.relative_to(PACKAGED_DATA.parent) for pattern in patterns for p in PACKAGED_DATA.parent.glob(pattern)}
+    assert {p.relative_to(PACKAGED_DATA.parent) for p in PACKAGED_DATA.iterdir()} <= shipped
 
 
 def test_hub_dataset_without_the_datasets_package_says_how_to_fix(monkeypatch):

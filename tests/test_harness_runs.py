@@ -1,12 +1,16 @@
 """Single runs in this process: every method on a one-prompt set, and the rows they write."""
 
 import json
+import logging
+import re
 
 import pandas as pd
 import pytest
+import torch
 
 from flashspec.harness import runner, schema
 from flashspec.harness.runner import COLUMNS
+from flashspec.harness.schema import RunConfig
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +54,60 @@ def test_flashspec_run_writes_arms_trace_and_run_json(tmp_path, data_dir):
     assert info["config_hash"] == rows["config_hash"][0] and info["config"]["gamma"] == 3
     assert {"torch", "transformers", "python"} <= set(info["versions"])
     assert info["device"] and info["finished"] and info["seed"] == 0
+    assert info["threads"] == 1  # conftest sets OMP_NUM_THREADS=1
 
 
-def test_a_completed_config_is_not_run_again(tmp_path, data_dir, capsys):
+def test_cpu_threads_are_chosen_and_recorded(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert runner.set_threads(RunConfig()) == 1  # not one per core: that oversubscribes shared cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert runner.set_threads(RunConfig()) == 2
+    assert runner.set_threads(RunConfig(threads=3)) == 3
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+max_new_token=64", "unknown setting max_new_token: did you mean max_new_tokens?"),
+    ("+target.modle=x", "unknown setting target.modle: did you mean target.model?"),
+    ("target.model=/no/such/path", "target.model=/no/such/path: the path does not exist"),
+    ("target.model=./missing-model", "target.model=./missing-model: the path does not exist"),
+])
+def test_bad_settings_fail_before_any_file_is_written(tmp_path, data_dir, override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        runner.main(compose(data_dir, override), tmp_path / "run", tmp_path)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_cuda_device_says_to_use_the_cpu(tmp_path, data_dir):
+    with pytest.raises(ValueError, match="no CUDA device found .* use hardware=cpu"):
+        runner.main(compose(data_dir, "hardware=cuda"), tmp_path / "run", tmp_path)
+
+
+def test_the_summary_is_rounded_and_flags_noisy_timings(tmp_path):
+    from test_harness_analysis import results
+
+    def rows(*baseline_s: float) -> pd.DataFrame:
+        return results([{"run_id": "r", "bandit": "ucb1", "bandit_scope": "request", "prompt_id": f"p{i}",
+                         "wall_time_s": 0.5, "baseline_wall_time_s": s} for i, s in enumerate(baseline_s)])
+
+    text = runner.summary_text(rows(1.0, 1.1), tmp_path)  # AR tok/s: 16 tokens in 2.1 s
+    assert "7.62" in text and "7.619" not in text and "warning" not in text and f"results: {tmp_path}" in text
+    noisy = rows(1.0, 3.0)
+    assert "warning: timings too noisy to trust" in runner.summary_text(noisy, tmp_path)
+    assert runner.rounded(pd.DataFrame({"x": [1234.5678, 2.34567, 0.0123456]}))["x"].tolist() == [
+        "1235", "2.35", "0.0123"]
+
+
+def test_a_completed_config_is_not_run_again(tmp_path, data_dir, caplog):
+    caplog.set_level(logging.DEBUG, logger="flashspec")
     run(tmp_path, data_dir, "bandit=none")
+    assert f"writing to {tmp_path}" in caplog.text and f"results: {tmp_path}" in caplog.text
+    assert "AR tok/s" in caplog.text and "t/1 turn 2: " in caplog.text  # the summary, per-prompt lines for run.log
     marker = (tmp_path / "done").stat().st_mtime_ns
     # The autoregressive baseline reads no gamma: same config hash, so nothing to do.
     runner.main(compose(data_dir, "bandit=none", "gamma=7"), tmp_path / "again", tmp_path)
-    assert "skipping: the same settings" in capsys.readouterr().out
+    assert "skipping: the same settings" in caplog.text
     assert (tmp_path / "done").stat().st_mtime_ns == marker and not (tmp_path / "again").exists()
 
 

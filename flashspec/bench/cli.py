@@ -101,7 +101,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--harness-model", type=Path, help="the model section h runs through run.py (default --smollm2)")
     p.add_argument("--harness-prompts", type=int, default=5, help="prompts section h decodes (after 3 warm-ups)")
     p.add_argument("--models-dir", type=Path, default=Path("results/models"))
-    p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    p.add_argument("--data-dir", type=Path, default=Path("flashspec/data"))  # the packaged prompt sets
     p.add_argument("--family-prompts", type=int, default=10, help="prompts per dataset in section e")
     p.add_argument("--family-tokens", type=int, default=128)
     p.add_argument("--commit", default="", help="the commit measured (default: git rev-parse HEAD)")

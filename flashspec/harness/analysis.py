@@ -1,8 +1,9 @@
 """From the result CSVs to the numbers the paper reports: labels, aggregates, the oracle, regret, arm shares.
 
 Conventions: throughput over a group is total new tokens / total wall time (long answers weigh more), and the
-speedup of a group is its throughput over the baseline's on the same prompts; per-prompt speedups (the rows'
-`speedup`) are what the figures average, with bootstrap confidence intervals.
+speedup of a group (tables, the run summary) is its throughput over the baseline's on the same prompts;
+per-prompt speedups (the rows' `speedup`) are what the speedup figure averages, with bootstrap confidence
+intervals. Each says which it shows.
 """
 
 from __future__ import annotations
@@ -102,6 +103,22 @@ def regret(trace: pd.DataFrame) -> pd.DataFrame:
     best = value.groupby([trace[k] for k in keys]).transform("max")
     out = trace.assign(regret=best - value).sort_values([*keys, "step"])
     return out.assign(cumulative_regret=out.groupby(keys)["regret"].cumsum())
+
+
+def regret_curve(trace: pd.DataFrame) -> pd.DataFrame:
+    """Cumulative regret of every request at every step up to the longest request of the trace: a request that
+    has ended keeps its final value. Averaging the plain per-request curves instead lets the mean fall where
+    short requests drop out (or, where a figure pools runs, where a run's longest request ends); this curve
+    never falls."""
+    keys = ["run_id", "prompt_id", "turn"]
+    curves, last = [], int(trace["step"].max()) if len(trace) else 0
+    for run_id, steps in regret(trace).groupby("run_id", sort=False):
+        wide = steps.pivot_table(index="step", columns=["prompt_id", "turn"], values="cumulative_regret")
+        wide = wide.reindex(range(1, last + 1)).ffill()
+        curves.append(wide.stack(["prompt_id", "turn"], future_stack=True).rename("cumulative_regret")
+                      .reset_index().assign(run_id=run_id))
+    columns = [*keys, "step", "cumulative_regret"]
+    return pd.concat(curves, ignore_index=True)[columns] if curves else pd.DataFrame(columns=columns)
 
 
 def arm_share(trace: pd.DataFrame, bins: int = 10) -> pd.DataFrame:

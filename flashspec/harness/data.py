@@ -11,6 +11,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PACKAGED_DATA = Path(__file__).resolve().parents[1] / "data"  # the prompt sets shipped with flashspec
 
 
 @dataclass
@@ -35,8 +36,11 @@ class Prompt:
     entry_point: str | None = None  # HumanEval: the function under test
 
 
-def resolve_data_dir(data_dir: str) -> Path:
-    """A relative data_dir is taken from the project root, so runs do not depend on the working directory."""
+def resolve_data_dir(data_dir: str | None) -> Path:
+    """None: the packaged prompt sets (flashspec/data). A relative data_dir is taken from the project root, so
+    runs do not depend on the working directory."""
+    if data_dir is None:
+        return PACKAGED_DATA
     path = Path(data_dir).expanduser()
     return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
 
@@ -96,7 +100,7 @@ def select(prompts: list[Prompt], cfg: DatasetConfig) -> list[Prompt]:
     return prompts if cfg.limit is None else prompts[: cfg.limit]
 
 
-def load_prompts(cfg: DatasetConfig, data_dir: str) -> list[Prompt]:
+def load_prompts(cfg: DatasetConfig, data_dir: str | None) -> list[Prompt]:
     if cfg.limit is not None and cfg.limit < 1:
         raise ValueError(f"dataset.limit={cfg.limit}: use a positive count, or null for all prompts")
     if cfg.hub_id:
@@ -105,9 +109,10 @@ def load_prompts(cfg: DatasetConfig, data_dir: str) -> list[Prompt]:
     else:
         path = resolve_data_dir(data_dir) / cfg.file
         if not path.is_file():
+            where = f"now {data_dir!r}, relative to {PROJECT_ROOT}" if data_dir else "now the packaged prompt sets"
             raise ValueError(
-                f"data file {path} not found: set data_dir (now {data_dir!r}, relative to {PROJECT_ROOT}) "
-                f"to the folder holding {cfg.file!r}, or dataset.file to the file's path"
+                f"data file {path} not found: set data_dir ({where}) to the folder holding {cfg.file!r}, "
+                "or dataset.file to the file's path"
             )
         prompts = [to_prompt(r, f"{path} record {i}", cfg.name) for i, r in enumerate(read_jsonl(path), 1)]
     return select(prompts, cfg)

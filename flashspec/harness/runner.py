@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -20,10 +21,20 @@ from tqdm.auto import tqdm
 from flashspec.harness import decoders, store
 from flashspec.harness.analysis import summarize
 from flashspec.harness.data import PROJECT_ROOT, Prompt, completion_source, encode, load_prompts
-from flashspec.harness.schema import RunConfig, check, config_hash, gammas, uses_gamma
+from flashspec.harness.schema import (
+    RunConfig,
+    baseline_config,
+    check,
+    check_keys,
+    check_machine,
+    config_hash,
+    gammas,
+    uses_gamma,
+)
 from flashspec.metrics import GenerationResult
 from flashspec.quality import humaneval
 
+log = logging.getLogger(__name__)
 PACKAGES = ("flashspec", "torch", "transformers", "triton", "hydra-core", "omegaconf", "pandas")
 
 
@@ -54,9 +65,18 @@ def device_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
+def set_threads(cfg: RunConfig) -> int:
+    """CPU runs: `cfg.threads`, else OMP_NUM_THREADS when set, else 1 (schema.RunConfig.threads says why)."""
+    if cfg.target.device == "cpu":
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        torch.set_num_threads(cfg.threads or (int(env) if env.isdigit() and int(env) > 0 else 1))
+    return torch.get_num_threads()
+
+
 def run_info(cfg: RunConfig, run_id: str) -> dict:
     return {
         "run_id": run_id, "config_hash": config_hash(cfg), "seed": cfg.sampling.seed,
+        "threads": torch.get_num_threads(),
         "versions": versions(), "git_commit": git_commit(), "device": device_name(cfg.target.device),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # per worker under a GPU pool
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -138,6 +158,8 @@ def warm_up(cfg: RunConfig, dec: decoders.Decoder, prompts: list[Prompt]) -> Non
 
 def decode_all(cfg: RunConfig, prompts: list[Prompt], run_id: str) -> dict[str, pd.DataFrame]:
     dec = decoders.decoder(cfg)
+    if cfg.baseline:  # loaded before the progress bars start: its loading bars would cut into them
+        decoders.baseline_engine(baseline_config(cfg))
     warm_up(cfg, dec, prompts)
     shared = run_columns(cfg, run_id)
     tables: dict[str, list[dict]] = {name: [] for name in store.TABLES}
@@ -151,7 +173,10 @@ def decode_all(cfg: RunConfig, prompts: list[Prompt], run_id: str) -> dict[str, 
             key = {"run_id": run_id, "prompt_id": prompt.id, "turn": turn}
             about = {"category": prompt.category, "prompt_id": prompt.id, "turn": turn}
             quality = {"passed": passed(prompt, messages, out)}
-            tables["results"].append(shared | about | result_row(cfg, out, base) | quality)
+            result = shared | about | result_row(cfg, out, base) | quality
+            log.debug("%s turn %d: %d new tokens, tau %.2f, %.1f tok/s, speedup %.2f", prompt.id, turn,
+                      result["new_tokens"], result["tau"], result["tokens_per_s"], result["speedup"])
+            tables["results"].append(result)
             tables["arms"] += [key | row for row in arm_rows(out)]
             tables["trace"] += [key | row for row in trace_rows(out)]
             # The next turn follows the model's own answer, as MT-Bench asks.
@@ -162,17 +187,21 @@ def decode_all(cfg: RunConfig, prompts: list[Prompt], run_id: str) -> dict[str, 
 def run(cfg: RunConfig, info: dict, run_dir: Path, root: Path) -> pd.DataFrame | None:
     """Run `cfg` into `run_dir` unless a complete run with its hash is already under `root`."""
     check(cfg)
+    check_machine(cfg)
     digest = config_hash(cfg)
     finished = store.completed_runs(root)
     if digest in finished:
-        print(f"skipping: the same settings ({digest}) already completed in {finished[digest]}")
+        log.info(f"skipping: the same settings ({digest}) already completed in {finished[digest]}")
         store.rebuild_sweep(root)  # in case the previous launch died between a run's end and the rebuild
         return None
     prompts = load_prompts(cfg.dataset, cfg.data_dir)  # bad data fails here, before any file is written
     run_dir.mkdir(parents=True, exist_ok=True)
     store.clear_done(run_dir)
+    set_threads(cfg)
     info |= run_info(cfg, run_dir.name)
     store.write_atomic(run_dir / "run.json", json.dumps(info, indent=2))
+    log.info(f"writing to {run_dir} ({len(prompts)} prompts of {cfg.dataset.name}, {cfg.target.model} on "
+             f"{info['device']})")
     torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_sdpa)  # process-wide, and the same for every method
     tables = decode_all(cfg, prompts, run_dir.name)
     info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -184,16 +213,48 @@ def run(cfg: RunConfig, info: dict, run_dir: Path, root: Path) -> pd.DataFrame |
 
 def main(cfg: DictConfig, run_dir: Path, root: Path, choices: dict | None = None) -> None:
     """`choices`: the config group options picked (Hydra's runtime.choices), recorded in run.json."""
+    check_keys(cfg)
     info = {"config": OmegaConf.to_container(cfg, resolve=True), "choices": choices or {}}
     typed: RunConfig = OmegaConf.to_object(cfg)  # also runs the dataclasses' own checks
     results = run(typed, info, run_dir, root)
     if results is not None:
-        print(summary_text(results, root))
+        log.info(summary_text(results, root))
+        if root != run_dir:
+            log.info(f"this run's files: {run_dir}")
 
 
 SUMMARY_KEYS = ["method", "bandit", "bandit_scope", "fixed_arm", "arm_set", "gamma", "dataset"]
+# The baseline's time per new token depends little on the prompt (prefill aside): its spread across prompts is
+# mostly the machine's timing noise. Above this coefficient of variation, per-prompt speedups are not to be
+# trusted.
+NOISY_CV = 0.25
+
+
+def timing_noise(results: pd.DataFrame) -> float:
+    """Coefficient of variation of the autoregressive baseline's seconds per token across the rows."""
+    per_token = (results["baseline_wall_time_s"] / results["baseline_new_tokens"]).dropna()
+    return float(per_token.std() / per_token.mean()) if len(per_token) > 1 else math.nan
 
 
 def summary_text(results: pd.DataFrame, root: Path) -> str:
     table = summarize(results, SUMMARY_KEYS).dropna(axis=1, how="all")  # e.g. fixed_arm when none is fixed
-    return f"\n{table.to_string(index=False)}\n\nrows: {root / 'results.csv'}"
+    text = f"\n{rounded(table).to_string(index=False)}\n"
+    text += ("\ntok/s and speedup: total new tokens over total time; AR tok/s: autoregressive decoding of the same "
+             "prompts, timed once per prompt in this process (a sweep's later runs reuse it)\n")
+    noise = timing_noise(results)
+    if noise > NOISY_CV:
+        text += (f"warning: timings too noisy to trust: the autoregressive baseline's time per new token varies "
+                 f"by {noise:.0%} across prompts (coefficient of variation, over {NOISY_CV:.0%}: a busy machine, "
+                 "or prompts of very different lengths); measure on an idle machine, or with more prompts\n")
+    return text + f"\nresults: {root} (results.csv, arms.csv, trace.csv; run.json and run.log per run)"
+
+
+def rounded(table: pd.DataFrame) -> pd.DataFrame:
+    """Three significant digits (timings on a shared machine mean no more), never scientific notation."""
+    def fmt(value: float) -> str:
+        if pd.isna(value) or value == 0:
+            return str(value)
+        return f"{value:.{max(0, 2 - math.floor(math.log10(abs(value))))}f}"
+
+    floats = table.select_dtypes("float").columns
+    return table.astype({c: object for c in floats}).assign(**{c: table[c].map(fmt) for c in floats})

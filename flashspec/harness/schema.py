@@ -7,19 +7,27 @@ unread settings share a config hash (and a relaunched sweep skips the second).
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import json
+import os
+import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from flashspec.config import ArmConfig, BanditConfig, FlashSpecConfig, SamplingConfig, TargetConfig
 from flashspec.harness import gpus
 from flashspec.harness.data import PROJECT_ROOT, DatasetConfig
+from flashspec.models import resolve_name
+from flashspec.models.tiny import BUILTIN
 
 METHODS = ("flashspec", "hf_generate")
 
@@ -56,13 +64,18 @@ class RunConfig:
     gamma: Any = 4  # an int, or a list: every (arm, gamma) pair is an arm of the bandit
     verifier: str = "auto"  # auto | reference | triton
     max_new_tokens: int = 32
-    data_dir: str = "../shared/data"  # relative paths are taken from the project root
+    # The prompt sets' folder; None: those shipped in flashspec/data. Relative paths are taken from the project root.
+    data_dir: str | None = None
     baseline: bool = True  # also time plain autoregressive decoding of each prompt, for the speedup column
     warmup: int = 1  # untimed generations (on the first prompts) before measuring; hardware/ sets it
     # cuDNN's attention builds a plan for every new sequence length (seconds each on an H200, so an eager
     # decode pays it at every step of every prompt): off, so timings measure decoding, not planning.
     cudnn_sdpa: bool = False
     progress: bool = True  # tqdm bars
+    # CPU runs: torch's thread count. None: OMP_NUM_THREADS if set, else 1. Decoding one sequence is a chain of
+    # small matrix-vector products; on 2 shared cores the default (one thread per core) ran the smoke run 16x
+    # slower than one thread (OpenMP threads spin waiting for a core that another process holds).
+    threads: int | None = None
 
 
 def register() -> None:
@@ -87,6 +100,54 @@ def compose(*overrides: str, hydra: bool = False) -> DictConfig:
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
+def unknown_keys(node: DictConfig | ListConfig, schema: type = RunConfig, path: str = "") -> list[str]:
+    """Keys of `node` its dataclass schema lacks: Hydra accepts `+key=value` into a structured config, and
+    OmegaConf.to_object then drops the key silently, so a typo would run with the default."""
+    if isinstance(node, ListConfig):
+        return [k for i, item in enumerate(node) for k in unknown_keys(item, schema, f"{path}[{i}]")]
+    if not isinstance(node, DictConfig) or not dataclasses.is_dataclass(schema):
+        return []
+    fields = {f.name: f.type for f in dataclasses.fields(schema)}
+    found = []
+    for key in node:
+        name = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            found.append(name)
+        elif isinstance(value := node._get_node(key), DictConfig | ListConfig):
+            inner = OmegaConf.get_type(value) if isinstance(value, DictConfig) else _item_type(schema, key)
+            found += unknown_keys(value, inner, name)
+    return found
+
+
+def _item_type(schema: type, key: str) -> type | None:
+    """The element dataclass of a list field (ArmSetConfig.arms: list[ArmConfig])."""
+    default = next(f for f in dataclasses.fields(schema) if f.name == key).default_factory
+    items = default() if callable(default) else []
+    return type(items[0]) if items and dataclasses.is_dataclass(items[0]) else None
+
+
+def check_keys(cfg: DictConfig) -> None:
+    unknown = unknown_keys(cfg)
+    if unknown:
+        parent, _, leaf = re.sub(r"\[\d+\]", "", unknown[0]).rpartition(".")
+        siblings = [name for path, name in _setting_names(RunConfig) if path == parent]
+        close = difflib.get_close_matches(leaf, siblings, n=1)
+        hint = f"did you mean {'.'.join(filter(None, [parent, close[0]]))}? " if close else ""
+        raise ValueError(f"unknown setting {', '.join(unknown)}: {hint}python run.py --cfg job lists the settings")
+
+
+def _setting_names(schema: type, path: str = "") -> list[tuple[str, str]]:
+    """(parent path, name) of every setting of the schema, list elements' dataclasses included."""
+    names = []
+    for f in dataclasses.fields(schema):
+        names.append((path, f.name))
+        inner = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        inner = inner[0] if isinstance(inner, list) and inner else inner
+        if dataclasses.is_dataclass(inner):
+            names += _setting_names(type(inner), f"{path}.{f.name}" if path else f.name)
+    return names
+
+
 def gammas(cfg: RunConfig) -> list[int]:
     values = cfg.gamma if isinstance(cfg.gamma, list | tuple) else [cfg.gamma]
     if not values or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in values):
@@ -108,7 +169,41 @@ def check(cfg: RunConfig) -> None:
         raise ValueError(f"method={cfg.method.name} drafts a fixed length: give one gamma, not {cfg.gamma}")
     if cfg.method.assistant and not cfg.draft_model:
         raise ValueError(f"method={cfg.method.name} needs a draft model: set draft_model=<path or hub id>")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ValueError(f"threads={cfg.threads}: use a positive count, or null for the default")
     gammas(cfg)
+
+
+def check_machine(cfg: RunConfig) -> None:
+    """What this machine must have for the run: the device, and the models named by path."""
+    device = cfg.target.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"target.device={device}: no CUDA device found (torch.cuda.is_available() is False): "
+                         "use hardware=cpu")
+    for setting, name in models(cfg):
+        check_model_path(setting, name)
+
+
+def models(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(setting, model name) for every model the run loads."""
+    named = [("target.model", cfg.target.model)]
+    if cfg.method.backend == "flashspec" and cfg.bandit.policy != "none":
+        named += [(f"arms.arms[{i}].model", arm.model) for i, arm in enumerate(cfg.arms.arms) if arm.model]
+    if cfg.method.assistant:
+        named.append(("draft_model", cfg.draft_model))
+    return named
+
+
+def check_model_path(setting: str, name: str) -> None:
+    """A name that can only be a path (absolute, ./ or ~ first, or deeper than a hub id's `owner/name`) must
+    exist; otherwise loading it would try the hub and bury the cause under its tracebacks."""
+    if name in BUILTIN:
+        return
+    path = Path(name).expanduser()
+    looks_like_path = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+    if looks_like_path and not Path(resolve_name(os.path.expanduser(name))).exists():
+        raise ValueError(f"{setting}={name}: the path does not exist (relative paths are taken from the working "
+                         f"directory or {PROJECT_ROOT}): give an existing model directory, a hub id or 'tiny'")
 
 
 def uses_gamma(cfg: RunConfig) -> bool:
@@ -122,6 +217,8 @@ def effective(cfg: RunConfig) -> dict:
     # The drafter checkpoints enter through the arms that read them, resolved.
     drafters = ("progress", "medusa_model", "eagle_model", "streaming_model")
     out = {k: v for k, v in asdict(cfg).items() if k not in drafters}
+    if cfg.threads is None:  # the default: runs made before the setting existed keep their hashes
+        del out["threads"]
     if cfg.method.backend == "hf_generate":
         del out["bandit"], out["verifier"], out["arms"]
         if not cfg.method.assistant:
