@@ -30,6 +30,7 @@ class SamplingConfig:
 @dataclass
 class TargetConfig:
     model: str = "tiny"  # "tiny" (built-in, no download), a local path or a hub id
+    gguf_file: str | None = None  # a GGUF file (a path, or a name inside the folder `model`), dequantized
     dtype: str = "float32"
     device: str = "cpu"
     attn_implementation: str = "sdpa"

@@ -22,6 +22,7 @@ from flashspec.harness.analysis import summarize
 from flashspec.harness.data import PROJECT_ROOT, Prompt, completion_source, encode, load_prompts
 from flashspec.harness.schema import RunConfig, check, config_hash, gammas, uses_gamma
 from flashspec.metrics import GenerationResult
+from flashspec.models import source_record
 from flashspec.quality import humaneval
 
 PACKAGES = ("flashspec", "torch", "transformers", "triton", "hydra-core", "omegaconf", "pandas")
@@ -58,6 +59,7 @@ def run_info(cfg: RunConfig, run_id: str) -> dict:
     return {
         "run_id": run_id, "config_hash": config_hash(cfg), "seed": cfg.sampling.seed,
         "versions": versions(), "git_commit": git_commit(), "device": device_name(cfg.target.device),
+        "target_source": source_record(cfg.target.model),  # a converted model's package, version, hashes
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # per worker under a GPU pool
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
