@@ -23,12 +23,12 @@ EOS = "<|endoftext|>"
 CHAT = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
 
 
-def tiny_llama() -> LlamaForCausalLM:
+def tiny_llama(**overrides) -> LlamaForCausalLM:
     """2 layers, width 64, 4 query and 2 KV heads; the vocabulary: the 256 byte symbols, "ab" and EOS."""
-    config = LlamaConfig(vocab_size=258, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                         bos_token_id=257, eos_token_id=257)
+    shape = dict(vocab_size=258, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                 rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
+    config = LlamaConfig(**(shape | overrides), bos_token_id=257, eos_token_id=257)
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval()
 
@@ -57,7 +57,7 @@ def write_gguf(model: LlamaForCausalLM, path) -> None:
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv(c.num_key_value_heads)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_rope_freq_base(10000.0)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
     w.add_vocab_size(c.vocab_size)
     # A byte-level BPE tokenizer, as SmolLM2's: every byte a symbol, and one merge.
     w.add_tokenizer_model("gpt2")
@@ -70,7 +70,8 @@ def write_gguf(model: LlamaForCausalLM, path) -> None:
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
     w.add_tensor("output_norm.weight", sd["model.norm.weight"])
-    w.add_tensor("output.weight", sd["lm_head.weight"])
+    if not c.tie_word_embeddings:  # llama.cpp writes no output matrix for a tied head
+        w.add_tensor("output.weight", sd["lm_head.weight"])
     for i in range(c.num_hidden_layers):
         for hf, name in GGUF_NAMES.items():
             t = sd[f"model.layers.{i}.{hf}.weight"]
