@@ -30,6 +30,7 @@ class SamplingConfig:
 @dataclass
 class TargetConfig:
     model: str = "tiny"  # "tiny" (built-in, no download), a local path or a hub id
+    gguf_file: str | None = None  # a GGUF file (a path, or a name inside the folder `model`), dequantized
     dtype: str = "float32"
     device: str = "cpu"
     attn_implementation: str = "sdpa"
@@ -43,7 +44,7 @@ class TargetConfig:
 
 @dataclass
 class ArmConfig:
-    kind: str = "prompt_lookup"  # prompt_lookup | draft_model | medusa | eagle | streaming | controlled
+    kind: str = "prompt_lookup"  # prompt_lookup | draft_model | medusa | eagle | streaming | layer_skip | controlled
     model: str = ""  # draft model ("tiny-draft", a path or a hub id) or a drafter checkpoint
     ngram_max: int = 3  # prompt lookup: longest suffix n-gram to match
     ngram_min: int = 1

@@ -97,7 +97,8 @@ class SpeculativeEngine:
         ttft = time.perf_counter() - start
         prompt_tokens, new = len(context), [first]
         context = torch.cat([context, torch.tensor([first])])
-        while not self._finished(new, max_new_tokens, stop):
+        step_tokens = [first]
+        while not self._finished(new, step_tokens, max_new_tokens, stop):
             k = self.selector.select() if self.selector is not None else -1
             step_tokens = self._step(context, k, max_new_tokens - len(new), sampling, generator, stats)
             context = torch.cat([context, torch.tensor(step_tokens)])
@@ -244,8 +245,10 @@ class SpeculativeEngine:
         u = torch.rand(1, device=self.device, generator=generator)
         return int(sample_from(process_logits(logits, sampling), u))
 
-    def _finished(self, new: list[int], max_new_tokens: int, stop: Sequence[str] | None) -> bool:
-        if len(new) >= max_new_tokens or any(t in self.eos_ids for t in new):
+    def _finished(self, new: list[int], last: list[int], max_new_tokens: int, stop: Sequence[str] | None) -> bool:
+        """`last`: the tokens the last step added (earlier ones held no EOS), so the check costs the same at
+        every step however long the output grows."""
+        if len(new) >= max_new_tokens or not self.eos_ids.isdisjoint(last):
             return True
         return bool(stop) and any(s in self.tokenizer.decode(new) for s in stop)
 

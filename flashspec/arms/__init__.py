@@ -9,6 +9,7 @@ from transformers import PreTrainedTokenizerBase
 from flashspec.arms.base import Arm, Draft
 from flashspec.arms.draft_model import DraftModelArm
 from flashspec.arms.eagle import EagleArm, build_eagle
+from flashspec.arms.layer_skip import build_layer_skip
 from flashspec.arms.medusa import MedusaArm, build_medusa
 from flashspec.arms.prompt_lookup import PromptLookupArm
 from flashspec.arms.streaming import StreamingArm, build_streaming
@@ -51,6 +52,8 @@ def build_arm(cfg: ArmConfig, target: CausalLM, tokenizer: PreTrainedTokenizerBa
         return build_streaming(cfg, target)
     if cfg.kind == "medusa":
         return build_medusa(cfg, target)
+    if cfg.kind == "layer_skip":
+        return build_layer_skip(cfg, target)
     raise ValueError(
-        f"unknown arm kind {cfg.kind!r}: use prompt_lookup, draft_model, eagle, streaming or medusa"
+        f"unknown arm kind {cfg.kind!r}: use prompt_lookup, draft_model, eagle, streaming, medusa or layer_skip"
     )

@@ -32,6 +32,7 @@ from flashspec.harness.schema import (
     uses_gamma,
 )
 from flashspec.metrics import GenerationResult
+from flashspec.models import source_record
 from flashspec.quality import humaneval
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def run_info(cfg: RunConfig, run_id: str) -> dict:
         "run_id": run_id, "config_hash": config_hash(cfg), "seed": cfg.sampling.seed,
         "threads": torch.get_num_threads(),
         "versions": versions(), "git_commit": git_commit(), "device": device_name(cfg.target.device),
+        "target_source": source_record(cfg.target.model),  # a converted model's package, version, hashes
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # per worker under a GPU pool
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

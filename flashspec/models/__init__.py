@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,12 +10,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from flashspec.config import TargetConfig
+from flashspec.models import smollm2
 from flashspec.models.base import CausalLM, Scores
+from flashspec.models.gguf import load_gguf
 from flashspec.models.hf import HFModel
 from flashspec.models.native import NativeLlama, is_supported
 from flashspec.models.tiny import BUILTIN, tiny_model, tiny_tokenizer
 
-__all__ = ["CausalLM", "Scores", "HFModel", "NativeLlama", "load_model", "load_hf"]
+__all__ = ["CausalLM", "Scores", "HFModel", "NativeLlama", "load_model", "load_hf", "source_record"]
 
 # The project's shipped family (results/models/...) resolves from any working directory.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +37,12 @@ def load_hf(name: str, cfg: TargetConfig) -> tuple[PreTrainedModel, PreTrainedTo
     if name in BUILTIN:
         tokenizer = tiny_tokenizer()
         return tiny_model(name, len(tokenizer)).to(device=cfg.device, dtype=dtype), tokenizer
+    if cfg.gguf_file:
+        model, tokenizer = load_gguf(resolve_name(name), cfg.gguf_file, dtype)
+        return model.to(cfg.device), tokenizer
     name = resolve_name(name)
+    if Path(name).name == smollm2.FOLDER and not Path(name).exists():
+        raise ValueError(f"{name} does not exist: make it with `{smollm2.FETCH_COMMAND}` (FLASHSPEC_CACHE sets where)")
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" and not Path(name).exists()
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
@@ -51,6 +59,12 @@ def load_hf(name: str, cfg: TargetConfig) -> tuple[PreTrainedModel, PreTrainedTo
     if not cfg.device_map:
         model = model.to(cfg.device)
     return model.eval(), tokenizer
+
+
+def source_record(name: str) -> dict | None:
+    """What a converted model folder was made from (its source.json: package, version, hashes), if any."""
+    path = Path(resolve_name(name)) / smollm2.SOURCE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_model(name: str, cfg: TargetConfig) -> tuple[CausalLM, PreTrainedTokenizerBase]:
