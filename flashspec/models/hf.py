@@ -1,4 +1,7 @@
-"""Any Hugging Face causal LM, with its own DynamicCache cropped back after each step."""
+"""Any Hugging Face causal LM, with its own DynamicCache cropped back after each step.
+
+Sliding-window layers keep every key (the model's mask still applies the window), so a crop can always go
+back: a sliding layer's own cache drops what leaves the window and could not be rolled back past it."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import inspect
 import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from flashspec.models.base import CausalLM, Scores
 
@@ -21,9 +25,15 @@ class HFModel(CausalLM):
         params = inspect.signature(model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.reset()
+        kinds = sorted({type(layer).__name__ for layer in self.cache.layers if type(layer) is not DynamicLayer})
+        if kinds:
+            self.rollback_problem = f"its cache layers {kinds} cannot be cropped back to a shorter context"
 
     def reset(self) -> None:
         self.cache = DynamicCache(config=self.model.config)
+        for i, layer in enumerate(self.cache.layers):
+            if type(layer) is DynamicSlidingWindowLayer:
+                self.cache.layers[i] = DynamicLayer()
         self.length = 0
 
     @torch.inference_mode()

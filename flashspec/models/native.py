@@ -59,6 +59,7 @@ class NativeLlama(CausalLM):
         self.n_heads = cfg.num_attention_heads
         self.n_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.windows = layer_windows(cfg)
         p = next(model.parameters())
         self.device = p.device
         # One tensor per layer, not views of one: a compiled layer then sees the same kind of input each time.
@@ -100,6 +101,8 @@ class NativeLlama(CausalLM):
             positions = start - 1 + tree_depths(parents.cpu())
             block = tree_mask(parents.cpu())
         mask = torch.cat([torch.ones(n, start, dtype=torch.bool), block], dim=1).to(self.device)
+        key_positions = torch.cat([torch.arange(start), positions]).to(self.device)
+        masks = window_masks(mask, positions.to(self.device), key_positions, self.windows)
         slots = torch.arange(start, start + n, device=self.device)
         lm = self.model.model
         x = lm.embed_tokens(tokens.to(self.device))[None]
@@ -108,7 +111,7 @@ class NativeLlama(CausalLM):
         for i, layer in enumerate(lm.layers):
             if i == self.capture_layer:
                 captured = x[0]
-            x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, slots, mask)
+            x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, slots, masks[i])
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         hidden = lm.norm(x)[0]
         self.length = start + n
@@ -171,14 +174,15 @@ class NativeLlama(CausalLM):
         cos, sin = lm.rotary_emb(x, positions[None])
         # Token i sees cache slots up to its own; the slots after it hold stale entries or nothing.
         mask = self.cache_positions[None, :] <= positions[:, None]
+        masks = window_masks(mask, positions, self.cache_positions, self.windows)
         if self.compiled and len(tokens) > 1:  # one compiled layer for every n > 1 (n = 1 gets its own)
-            for t, dim in ((x, 1), (cos, 1), (sin, 1), (mask, 0), (positions, 0)):
+            for t, dim in ((x, 1), (cos, 1), (sin, 1), *((m, 0) for m in set(masks)), (positions, 0)):
                 torch._dynamo.maybe_mark_dynamic(t, dim)
         captured = None
         for i, parts in enumerate(zip(lm.layers, self.fused, self.k_cache, self.v_cache, strict=True)):
             if i == self.capture_layer:
                 captured = x[0]
-            x = self.layer(*parts, x, cos, sin, mask, positions)
+            x = self.layer(*parts, x, cos, sin, masks[i], positions)
         hidden = lm.norm(x)[0]
         return self.model.lm_head(hidden).float(), hidden, captured
 
@@ -214,6 +218,24 @@ class NativeLlama(CausalLM):
         for cache in self.k_cache + self.v_cache:
             cache[:, dst] = cache[:, src]
         self.length = start + len(nodes)
+
+
+def layer_windows(config) -> list[int | None]:
+    """Each layer's sliding window (None: full attention), as the Hugging Face modules mask them: Mistral's
+    `sliding_window` on every layer, Qwen2/Qwen3's on the layers their `layer_types` mark sliding."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if window is None or types is None or config.model_type == "mistral":
+        return [window] * config.num_hidden_layers
+    return [window if kind == "sliding_attention" else None for kind in types]
+
+
+def window_masks(mask: Tensor, positions: Tensor, key_positions: Tensor, windows: list[int | None]) -> list[Tensor]:
+    """Per layer, `mask` [n, S] (queries at `positions`, keys at `key_positions`) narrowed to the layer's
+    window: a query sees the keys less than `window` positions behind it (Hugging Face's sliding_window_overlay).
+    Layers with the same window share one tensor."""
+    by_window = {w: mask if w is None else mask & (positions[:, None] - key_positions[None, :] < w) for w in windows}
+    return [by_window[w] for w in windows]
 
 
 def grouped_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tensor:
