@@ -70,7 +70,7 @@ class SpeculativeEngine:
         self.verify_tree = pick_verifier(cfg.verifier, self.device, tree=True)
         # What the target's own `generate` does besides its forward: stop at its EOS ids, process its logits.
         model = getattr(self.target, "model", None)
-        if model is not None:
+        if model is not None and not self.target.per_token_rope:
             check_rope(model.config, self.target.max_context)
         self.eos_ids = eos_token_ids(self.tokenizer, model)
         self.processors = logits_processors(getattr(model, "generation_config", None))

@@ -49,6 +49,11 @@ CASES = {
     "llama-llama3-rope": ("LlamaConfig", dict(rope_parameters=LLAMA3), {}, NATIVE, CONTEXT),
     # dynamic NTK and longrope are exact while the context stays within their original length
     "llama-dynamic-within": ("LlamaConfig", dict(rope_parameters=DYNAMIC, max_position_embeddings=64), {}, NATIVE, 64),
+    # past it, the native path rotates each token with its own frequencies; the HF fallback refuses (below)
+    "llama-dynamic-past": ("LlamaConfig", dict(rope_parameters=DYNAMIC, max_position_embeddings=32), {}, NATIVE[:2],
+                           CONTEXT),
+    "llama-longrope-past": ("LlamaConfig", dict(rope_parameters=LONGROPE, max_position_embeddings=CONTEXT), {},
+                            NATIVE[:2], CONTEXT),
     "llama-repetition-penalty": ("LlamaConfig", {}, dict(repetition_penalty=1.3), NATIVE, CONTEXT),
     "llama-no-repeat-ngram": ("LlamaConfig", {}, dict(no_repeat_ngram_size=3), NATIVE, CONTEXT),
     "llama-suppress-tokens": ("LlamaConfig", {}, dict(suppress_tokens=list(range(0, 256, 3))), NATIVE, CONTEXT),

@@ -30,23 +30,29 @@ UNSUPPORTED = {
 
 def check_rope(config: PretrainedConfig, max_context: int) -> None:
     """Refuse RoPE that re-derives its frequencies from the longest position of a forward, when the context can
-    reach the length where that changes anything.
+    reach the length where that changes anything (targets that rotate each token as `generate` does skip this).
 
     `dynamic` rotates a verification block with its last position's frequencies (generate: each token its own);
     `longrope` switches a whole block at once, and Phi-3's generate re-encodes the sequence when it crosses."""
+    found = rope_limit(config)
+    if found is not None and max_context > found[1]:
+        kind, limit = found
+        raise ValueError(
+            f"rope_type={kind!r} changes every token's rotation once the sequence passes {limit} tokens, which "
+            f"this target does not reproduce exactly: set target.max_context <= {limit} (or use a Llama-family "
+            "target on backend=native)"
+        )
+
+
+def rope_limit(config: PretrainedConfig) -> tuple[str, int] | None:
+    """The length-dependent RoPE type of a config and the sequence length up to which it changes nothing."""
     for params in rope_parameter_sets(config):
         kind = params.get("rope_type", params.get("type", "default"))
         if "dynamic" in kind:
-            limit = config.max_position_embeddings
-        elif kind == "longrope":
-            limit = params.get("original_max_position_embeddings") or config.original_max_position_embeddings
-        else:
-            continue
-        if max_context > limit:
-            raise ValueError(
-                f"rope_type={kind!r} changes every token's rotation once the sequence passes {limit} tokens, which "
-                f"the engine does not reproduce exactly: set target.max_context <= {limit}"
-            )
+            return kind, config.max_position_embeddings
+        if kind == "longrope":
+            return kind, params.get("original_max_position_embeddings") or config.original_max_position_embeddings
+    return None
 
 
 def rope_parameter_sets(config: PretrainedConfig) -> list[dict]:

@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedModel
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from flashspec.models.base import CausalLM, Scores, tree_depths, tree_mask
+from flashspec.models.fidelity import rope_limit
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 GRAPH_TOKENS = 32  # chains up to this long are decoding steps (one graph per length); longer ones: prefill
@@ -60,6 +62,12 @@ class NativeLlama(CausalLM):
         self.n_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.windows = layer_windows(cfg)
+        # RoPE whose frequencies depend on the sequence length, in a context long enough for that to matter:
+        # every token gets its own (as in generate, one token per forward), so decoding steps take the eager path.
+        self.rope_limit = rope_limit(cfg)
+        self.per_token_rope = self.rope_limit is not None and max_context > self.rope_limit[1]
+        graphs = graphs and not self.per_token_rope
+        self.prompt_length = 0
         p = next(model.parameters())
         self.device = p.device
         # One tensor per layer, not views of one: a compiled layer then sees the same kind of input each time.
@@ -106,7 +114,13 @@ class NativeLlama(CausalLM):
         slots = torch.arange(start, start + n, device=self.device)
         lm = self.model.model
         x = lm.embed_tokens(tokens.to(self.device))[None]
-        cos, sin = lm.rotary_emb(x, positions.to(self.device)[None])
+        if start == 0:
+            self.prompt_length = n
+        if self.per_token_rope:
+            cos, sin = per_token_rotary(lm.rotary_emb, x, positions.to(self.device), self.prompt_length,
+                                        self.rope_limit[1])
+        else:
+            cos, sin = lm.rotary_emb(x, positions.to(self.device)[None])
         captured = None
         for i, layer in enumerate(lm.layers):
             if i == self.capture_layer:
@@ -218,6 +232,27 @@ class NativeLlama(CausalLM):
         for cache in self.k_cache + self.v_cache:
             cache[:, dst] = cache[:, src]
         self.length = start + len(nodes)
+
+
+def per_token_rotary(rotary: nn.Module, x: Tensor, positions: Tensor, prompt_length: int, limit: int):
+    """cos, sin [1, n, D] of a length-dependent RoPE (dynamic, longrope) as `generate` rotates each token: with
+    the frequencies of the sequence it was decoded in, the prompt for prompt tokens, its own position + 1 after
+    (`limit`: the length up to which the original frequencies hold)."""
+    lengths = (positions.clamp_min(prompt_length - 1) + 1).tolist()
+    by_length = {s: rope_frequencies(rotary, s, limit, x.device) for s in set(lengths)}
+    freqs = positions[:, None].float() * torch.stack([by_length[s] for s in lengths])
+    emb = torch.cat((freqs, freqs), dim=-1)[None]
+    return (emb.cos() * rotary.attention_scaling).to(x.dtype), (emb.sin() * rotary.attention_scaling).to(x.dtype)
+
+
+def rope_frequencies(rotary: nn.Module, length: int, limit: int, device: torch.device) -> Tensor:
+    """The inverse frequencies Hugging Face's rotary module uses in a forward whose longest sequence is `length`
+    (its dynamic_rope_update: a tensor length, the long factors past the limit for longrope)."""
+    if length <= limit:
+        return rotary.original_inv_freq.to(device=device, dtype=torch.float)
+    seq_len = limit + 1 if rotary.rope_type == "longrope" else torch.tensor(length, device=device)
+    inv_freq, _ = ROPE_INIT_FUNCTIONS[rotary.rope_type](rotary.config, device, seq_len=seq_len)
+    return inv_freq.to(device=device, dtype=torch.float)
 
 
 def layer_windows(config) -> list[int | None]:
