@@ -125,7 +125,7 @@ PROMPTS = [prompt(0)]
 
 
 def reference(model, ids: list[int], **kwargs) -> list[int]:
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=model.device)
     out = model.generate(
         x, attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW, do_sample=False, pad_token_id=258, **kwargs
     )
@@ -165,7 +165,7 @@ def engine(model, backend: str, max_context: int, speculative: bool) -> Speculat
     verify token trees) a tree of both."""
     policy = "ucb1" if speculative else "none"
     cfg = FlashSpecConfig(
-        target=TargetConfig(max_context=max_context), arms=[ArmConfig()], gammas=[2, 5],
+        target=TargetConfig(max_context=max_context, device=str(model.device)), arms=[ArmConfig()], gammas=[2, 5],
         bandit=BanditConfig(policy, reward="accepted_tokens"),
     )
     arms = []
@@ -247,3 +247,15 @@ def test_stop_string_cuts_token_ids_like_generate(backend):
         assert out.token_ids == want
         assert 1 + sum(out.emitted) == out.new_tokens
         assert stop not in out.text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and the compiled layer need a GPU")
+@pytest.mark.parametrize("case", ["mistral-window", "qwen2-window-layer1", "llama-dynamic-past"])
+def test_captured_graph_steps_match_generate_on_cuda(case):
+    """The static step as it runs on a GPU (compiled, captured), with the per-layer window masks."""
+    config_class, overrides, generation, _, max_context = CASES[case]
+    model = build(config_class, overrides, generation).cuda()
+    want = reference(model, PROMPTS[0])
+    for speculative in (False, True):
+        out = engine(model, "static", max_context, speculative).generate(PROMPTS[0], MAX_NEW)
+        assert out.token_ids == want, speculative
