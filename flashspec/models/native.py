@@ -109,18 +109,18 @@ class NativeLlama(CausalLM):
             positions = start - 1 + tree_depths(parents.cpu())
             block = tree_mask(parents.cpu())
         mask = torch.cat([torch.ones(n, start, dtype=torch.bool), block], dim=1).to(self.device)
-        key_positions = torch.cat([torch.arange(start), positions]).to(self.device)
-        masks = window_masks(mask, positions.to(self.device), key_positions, self.windows)
+        positions = positions.to(self.device)
+        key_positions = torch.cat([torch.arange(start, device=self.device), positions])
+        masks = window_masks(mask, positions, key_positions, self.windows)
         slots = torch.arange(start, start + n, device=self.device)
         lm = self.model.model
         x = lm.embed_tokens(tokens.to(self.device))[None]
         if start == 0:
             self.prompt_length = n
         if self.per_token_rope:
-            cos, sin = per_token_rotary(lm.rotary_emb, x, positions.to(self.device), self.prompt_length,
-                                        self.rope_limit[1])
+            cos, sin = per_token_rotary(lm.rotary_emb, x, positions, self.prompt_length, self.rope_limit[1])
         else:
-            cos, sin = lm.rotary_emb(x, positions.to(self.device)[None])
+            cos, sin = lm.rotary_emb(x, positions[None])
         captured = None
         for i, layer in enumerate(lm.layers):
             if i == self.capture_layer:
