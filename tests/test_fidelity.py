@@ -14,7 +14,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from flashspec import ArmConfig, BanditConfig, FlashSpecConfig, SpeculativeEngine, TargetConfig
+from flashspec import ArmConfig, BanditConfig, FlashSpecConfig, SamplingConfig, SpeculativeEngine, TargetConfig
 from flashspec.arms import Arm, Draft, DraftModelArm, PromptLookupArm
 from flashspec.models import HFModel, NativeLlama
 from flashspec.models.fidelity import eos_token_ids
@@ -221,6 +221,17 @@ def test_stops_at_generation_config_eos_like_generate(config_class, backend):
         out = engine(model, backend, CONTEXT, speculative).generate(PROMPTS[0], MAX_NEW)
         assert out.token_ids == want
         assert 1 + sum(out.emitted) == out.new_tokens
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_sampled_output_follows_the_processed_distribution(speculative):
+    """Sampling draws from the processed distribution too: with no_repeat_ngram_size=2 no bigram comes back."""
+    model = build("LlamaConfig", {}, dict(no_repeat_ngram_size=2))
+    sampling = SamplingConfig(temperature=0.3, seed=3)  # without the processor this repeats bigrams
+    ids = PROMPTS[0] + engine(model, "static", CONTEXT, speculative).generate(PROMPTS[0], MAX_NEW, sampling).token_ids
+    bigrams = list(zip(ids, ids[1:], strict=False))
+    assert len(set(bigrams[len(PROMPTS[0]) - 1 :])) == MAX_NEW
+    assert not set(bigrams[len(PROMPTS[0]) - 1 :]) & set(bigrams[: len(PROMPTS[0]) - 1])
 
 
 def test_eos_ids_fall_back_to_the_tokenizer():
