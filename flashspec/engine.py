@@ -73,7 +73,7 @@ class SpeculativeEngine:
         if model is not None and not self.target.per_token_rope:
             check_rope(model.config, self.target.max_context)
         self.eos_ids = eos_token_ids(self.tokenizer, model)
-        self.processors = logits_processors(getattr(model, "generation_config", None))
+        self.processors = logits_processors(getattr(model, "generation_config", None), self.device)
         self.best_rate = 0.0  # tokens/s normaliser that maps the throughput reward into [0, 1]
 
     def benchmark(self, test_prompts: Sequence, num_runs: int = 3, **kwargs) -> BenchmarkResult:

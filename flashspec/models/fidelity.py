@@ -62,7 +62,7 @@ def rope_parameter_sets(config: PretrainedConfig) -> list[dict]:
     return nested or [params]
 
 
-def logits_processors(generation_config: GenerationConfig | None) -> LogitsProcessorList:
+def logits_processors(generation_config: GenerationConfig | None, device: torch.device) -> LogitsProcessorList:
     """The processors `generate` applies before its argmax that depend on the context alone, in its order; a
     clear error for the ones the engine does not reproduce."""
     if generation_config is None:
@@ -81,7 +81,7 @@ def logits_processors(generation_config: GenerationConfig | None) -> LogitsProce
     if (generation_config.no_repeat_ngram_size or 0) > 0:
         processors.append(NoRepeatNGramLogitsProcessor(generation_config.no_repeat_ngram_size))
     if generation_config.suppress_tokens is not None:
-        processors.append(SuppressTokensLogitsProcessor(generation_config.suppress_tokens))
+        processors.append(SuppressTokensLogitsProcessor(generation_config.suppress_tokens, device=device))
     return processors
 
 
