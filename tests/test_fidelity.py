@@ -76,6 +76,18 @@ CASES = {
     "olmo2": ("Olmo2Config", {}, {}, ("hf",), CONTEXT),
     "gpt_neox": ("GPTNeoXConfig", {}, {}, ("hf",), CONTEXT),
     "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=256), {}, ("hf",), CONTEXT),
+    "cohere2-window": ("Cohere2Config", dict(sliding_window=WINDOW), {}, ("hf",), CONTEXT),
+    "gpt_oss-window": ("GptOssConfig", dict(num_local_experts=4, sliding_window=WINDOW, head_dim=16), {}, ("hf",),
+                       CONTEXT),
+    "exaone4-window": ("Exaone4Config", dict(sliding_window=WINDOW), {}, ("hf",), CONTEXT),
+    "qwen2_moe": ("Qwen2MoeConfig", dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=64),
+                  {}, ("hf",), CONTEXT),
+    "smollm3": ("SmolLM3Config", {}, {}, ("hf",), CONTEXT),
+    "phi": ("PhiConfig", {}, {}, ("hf",), CONTEXT),
+    "falcon": ("FalconConfig", {}, {}, ("hf",), CONTEXT),
+    "opt": ("OPTConfig", dict(ffn_dim=128, word_embed_proj_dim=64), {}, ("hf",), CONTEXT),
+    "bloom": ("BloomConfig", dict(n_layer=2, n_head=4), {}, ("hf",), CONTEXT),
+    "gptj": ("GPTJConfig", dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8), {}, ("hf",), CONTEXT),
 }
 
 # id -> (config class, config overrides, generation_config overrides, max_context, what the refusal names);
