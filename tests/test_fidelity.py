@@ -22,6 +22,7 @@ from flashspec.models.tiny import tiny_tokenizer
 
 MAX_NEW = 24
 CONTEXT = 128
+CROSSING = 44  # max_context (the prompt gets max_context - MAX_NEW tokens) whose 20-token prompt crosses 32
 WINDOW = 8  # sliding window: the prompts are 5 windows long
 NATIVE = ("eager", "static", "hf")  # NativeLlama, its static-shape (graph) step uncaptured, the HF fallback
 STATIC = ("static",)  # features the backends share: the static step (trees and the prefill take the eager path)
@@ -33,7 +34,7 @@ LLAMA_LIKE = dict(
 HALF_DIM = 8  # rotary frequencies per head (head_dim 16)
 LONGROPE = {
     "rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 32,
-    "short_factor": [1.0] * HALF_DIM, "long_factor": [4.0] * HALF_DIM,
+    "short_factor": [1.0] * HALF_DIM, "long_factor": [16.0] * HALF_DIM,  # far apart: a mix-up shows
 }
 PHI3_LONGROPE = dict(rope_parameters=LONGROPE, max_position_embeddings=CONTEXT, original_max_position_embeddings=32)
 DYNAMIC = {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0}
@@ -54,8 +55,8 @@ CASES = {
     # past it, the native path rotates each token with its own frequencies; the HF fallback refuses (below)
     "llama-dynamic-past": ("LlamaConfig", dict(rope_parameters=DYNAMIC, max_position_embeddings=32), {}, NATIVE[:2],
                            CONTEXT),
-    "llama-longrope-past": ("LlamaConfig", dict(rope_parameters=LONGROPE, max_position_embeddings=CONTEXT), {},
-                            NATIVE[:2], CONTEXT),
+    "llama-longrope-crossing": ("LlamaConfig", dict(rope_parameters=LONGROPE, max_position_embeddings=CONTEXT), {},
+                                NATIVE[:2], CROSSING),
     "llama-repetition-penalty": ("LlamaConfig", {}, dict(repetition_penalty=1.3), STATIC, CONTEXT),
     "llama-no-repeat-ngram": ("LlamaConfig", {}, dict(no_repeat_ngram_size=3), STATIC, CONTEXT),
     "llama-suppress-tokens": ("LlamaConfig", {}, dict(suppress_tokens=list(range(0, 256, 3))), STATIC, CONTEXT),
@@ -69,8 +70,10 @@ CASES = {
     "gemma2-window": ("Gemma2Config", dict(head_dim=16, sliding_window=WINDOW), {}, ("hf",), CONTEXT),
     "gemma3-window": ("Gemma3TextConfig", dict(head_dim=16, sliding_window=WINDOW), {}, ("hf",), CONTEXT),
     "phi3": ("Phi3Config", {}, {}, ("hf",), CONTEXT),
-    "phi3-longrope-within": (
-        "Phi3Config", PHI3_LONGROPE, {}, ("hf",), 32),
+    "phi3-longrope-within": ("Phi3Config", PHI3_LONGROPE, {}, ("hf",), 32),
+    # past it, the fallback re-encodes the cache as Phi-3's generate does (a 20-token prompt crosses 32)
+    "phi3-longrope-crossing": ("Phi3Config", PHI3_LONGROPE, {}, ("hf",), CROSSING),
+    "phi3-longrope-past": ("Phi3Config", PHI3_LONGROPE, {}, ("hf",), CONTEXT),
     "mixtral-window": ("MixtralConfig", dict(sliding_window=WINDOW, num_local_experts=4), {}, ("hf",), CONTEXT),
     "starcoder2-window": ("Starcoder2Config", dict(sliding_window=WINDOW), {}, ("hf",), CONTEXT),
     "olmo2": ("Olmo2Config", {}, {}, ("hf",), CONTEXT),
@@ -100,7 +103,6 @@ REFUSED = {
     "llama-longrope-past-original": (
         "LlamaConfig", dict(rope_parameters=LONGROPE, max_position_embeddings=CONTEXT), {}, CONTEXT,
         "rope_type='longrope'"),
-    "phi3-longrope-past-original": ("Phi3Config", PHI3_LONGROPE, {}, CONTEXT, "rope_type='longrope'"),
     "bad-words-ids": ("LlamaConfig", {}, dict(bad_words_ids=[[5]]), CONTEXT, "generation_config.bad_words_ids"),
     "min-new-tokens": ("LlamaConfig", {}, dict(min_new_tokens=4), CONTEXT, "generation_config.min_new_tokens"),
 }
