@@ -19,6 +19,7 @@ from flashspec.benchmark import BenchmarkResult, benchmark
 from flashspec.config import FlashSpecConfig, SamplingConfig
 from flashspec.metrics import ArmStats, GenerationResult
 from flashspec.models import CausalLM, Scores, load_model
+from flashspec.models.fidelity import apply_per_row, check_rope, eos_token_ids, logits_processors
 from flashspec.verify import (
     matched_length,
     process_logits,
@@ -52,6 +53,9 @@ class SpeculativeEngine:
             arms = [build_arm(a, target, tokenizer, cfg.target) for a in cfg.arms] if speculative else []
         arms = list(arms) if speculative else []
         check_tree_support(target, arms)
+        if arms and target.rollback_problem:
+            raise ValueError(f"cannot speculate with {type(target).__name__}: {target.rollback_problem}; "
+                             "use bandit.policy=none (autoregressive)")
         # Every (arm, gamma) pair is one arm of the bandit, so the bandit can pick gamma too.
         self.pairs: list[tuple[Arm, int]] = [(arm, int(g)) for arm in arms for g in cfg.gammas]
         # Arms that draft from the target's states hear of every target forward.
@@ -64,7 +68,12 @@ class SpeculativeEngine:
             self.selector = make_selector(cfg.bandit.policy, len(self.pairs), seed=cfg.sampling.seed, **params)
         self.verify = pick_verifier(cfg.verifier, self.device)
         self.verify_tree = pick_verifier(cfg.verifier, self.device, tree=True)
-        self.eos_ids = eos_token_ids(self.tokenizer, getattr(self.target, "model", None))
+        # What the target's own `generate` does besides its forward: stop at its EOS ids, process its logits.
+        model = getattr(self.target, "model", None)
+        if model is not None and not self.target.per_token_rope:
+            check_rope(model.config, self.target.max_context)
+        self.eos_ids = eos_token_ids(self.tokenizer, model)
+        self.processors = logits_processors(getattr(model, "generation_config", None), self.device)
         self.best_rate = 0.0  # tokens/s normaliser that maps the throughput reward into [0, 1]
 
     def benchmark(self, test_prompts: Sequence, num_runs: int = 3, **kwargs) -> BenchmarkResult:
@@ -93,7 +102,7 @@ class SpeculativeEngine:
             arm.begin(context)
         scores = self.target.forward(context.to(self.device))
         self._observe_target(0, scores)
-        first = self._sample(scores.logits[-1:], sampling, generator)
+        first = self._sample(scores.logits[-1:], context, sampling, generator)
         ttft = time.perf_counter() - start
         prompt_tokens, new = len(context), [first]
         context = torch.cat([context, torch.tensor([first])])
@@ -105,7 +114,9 @@ class SpeculativeEngine:
             new += step_tokens
             trace.append(k)
             emitted.append(len(step_tokens))
-        new = self._truncate(new, max_new_tokens)
+        new = self._truncate(new, max_new_tokens, stop, len(new) - (emitted[-1] if emitted else len(new)))
+        if emitted:  # only the last step can commit past the end (the loop checks after every step)
+            emitted[-1] -= 1 + sum(emitted) - len(new)
         return GenerationResult(
             text=self._text(new, stop), token_ids=new, prompt_tokens=prompt_tokens,
             steps=1 + len(trace), arms=stats, trace=trace, wall_time_s=time.perf_counter() - start,
@@ -130,13 +141,13 @@ class SpeculativeEngine:
         # A tree block: the pending token hangs off the cache (-1), the draft's roots off the pending token.
         parents = torch.cat([torch.tensor([-1]), draft.parents + 1]) if tree else None
         scores = self.target.forward(block, parents)
-        logits = scores.logits
+        logits = self._process(scores.logits, context, torch.cat([pending, drafted]), parents)
         rows = None  # the block rows of the committed tokens: a prefix for a chain, else the tree's path
         if tree:
             n_accepted, tokens, rows = self._verify_tree(logits, draft, sampling, generator)
         else:
             n_accepted, tokens = self._verify(logits, draft, sampling, generator)
-        finite = torch.isfinite(logits).all().view(1)
+        finite = torch.isfinite(scores.logits).all().view(1)
         # The step's only host-device synchronisation: how many were accepted, and which tokens.
         n, *tokens, ok = torch.cat([n_accepted.view(1), tokens.view(-1), finite.long()]).tolist()
         if not ok:
@@ -178,6 +189,11 @@ class SpeculativeEngine:
             return slice(0, n + 1)
         self.target.keep_path(cached, rows[: n + 1])
         return rows[: n + 1]
+
+    def _process(self, logits: Tensor, context: Tensor, block: Tensor, parents: Tensor | None = None) -> Tensor:
+        """The generation_config's logits processors, each row with its own context (lossless: the target's
+        distribution at every position is the processed one, as in `generate`)."""
+        return apply_per_row(self.processors, logits, context, block, parents)
 
     def _observe_target(self, start: int, kept: Scores) -> None:
         for arm in self.listeners:
@@ -239,11 +255,12 @@ class SpeculativeEngine:
             raise ValueError(f"prompt has token ids outside the vocabulary [0, {self.target.vocab_size})")
         return ids
 
-    def _sample(self, logits: Tensor, sampling: SamplingConfig, generator) -> int:
+    def _sample(self, logits: Tensor, context: Tensor, sampling: SamplingConfig, generator) -> int:
+        """The first new token, from the logits of the prompt's last token."""
         if not torch.isfinite(logits).all():
             raise ValueError("non-finite logits from the target on the prompt: check its weights and dtype")
         u = torch.rand(1, device=self.device, generator=generator)
-        return int(sample_from(process_logits(logits, sampling), u))
+        return int(sample_from(process_logits(self._process(logits, context, context[-1:]), sampling), u))
 
     def _finished(self, new: list[int], last: list[int], max_new_tokens: int, stop: Sequence[str] | None) -> bool:
         """`last`: the tokens the last step added (earlier ones held no EOS), so the check costs the same at
@@ -252,11 +269,17 @@ class SpeculativeEngine:
             return True
         return bool(stop) and any(s in self.tokenizer.decode(new) for s in stop)
 
-    def _truncate(self, new: list[int], max_new_tokens: int) -> list[int]:
-        """A step may commit past the budget or an EOS; drop what follows either."""
+    def _truncate(self, new: list[int], max_new_tokens: int, stop: Sequence[str] | None, since: int) -> list[int]:
+        """A step may commit past the budget, an EOS or a stop string; drop what follows each. Like `generate`'s
+        stopping criteria, keep the EOS and the token that completes a stop string. The first `since` tokens
+        (before the last step) held no stop string."""
         new = new[:max_new_tokens]
         ends = [i for i, t in enumerate(new) if t in self.eos_ids]
-        return new[: ends[0] + 1] if ends else new
+        new = new[: ends[0] + 1] if ends else new
+        for end in range(since + 1, len(new) + 1) if stop else ():
+            if any(s in self.tokenizer.decode(new[:end]) for s in stop):
+                return new[:end]
+        return new
 
     def _text(self, new: list[int], stop: Sequence[str] | None) -> str:
         text = self.tokenizer.decode(new, skip_special_tokens=True)
@@ -283,10 +306,3 @@ def check_tree_support(target: CausalLM, arms: Sequence[Arm]) -> None:
             f"arms {trees} draft token trees, which the {type(target).__name__} target cannot verify: use "
             "target.backend=native (Llama-family targets) or arms that draft chains"
         )
-
-
-def eos_token_ids(tokenizer, model) -> set[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids |= set(gen_eos) if isinstance(gen_eos, list) else ({gen_eos} if gen_eos is not None else set())
-    return ids

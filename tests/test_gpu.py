@@ -8,7 +8,6 @@ random-weight Llama-3-8B-shape model (4 of its layers) with the large-margin tri
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from flashspec.drafters.medusa import MedusaHeads, sparse_tree
 from flashspec.drafters.streaming import StreamingDrafter
 from flashspec.models import load_model
 from flashspec.models.native import NativeLlama
+from flashspec.models.tiny import tiny_tokenizer
 from flashspec.verify import verify_reference, verify_tree_reference, verify_tree_triton, verify_triton
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -153,16 +153,16 @@ def test_trained_family_is_lossless_in_bf16(family):
 
 @pytest.fixture(scope="module")
 def bench():
-    """scripts/bench_h100.py as a module, with an 8B shape of 4 layers (and a small untied draft) added."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import bench_h100
+    """The GPU bench's shapes (flashspec/bench/shapes.py), with an 8B shape of 4 layers (and a small untied
+    draft) added."""
+    from flashspec.bench import shapes
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(bench_h100.SHAPES, "llama3-8b-4", bench_h100.SHAPES["llama3-8b"] | {"num_hidden_layers": 4})
+        patch.setitem(shapes.SHAPES, "llama3-8b-4", shapes.SHAPES["llama3-8b"] | {"num_hidden_layers": 4})
         # Untied, its head is its embedding shifted by one row too: it continues x -> x + 1 as the target does.
-        patch.setitem(bench_h100.SHAPES, "draft", bench_h100.SHAPES["llama3.2-1b"]
+        patch.setitem(shapes.SHAPES, "draft", shapes.SHAPES["llama3.2-1b"]
                       | {"num_hidden_layers": 2, "tie_word_embeddings": False})
-        yield bench_h100
+        yield shapes
 
 
 def test_random_8b_shape_is_lossless_in_bf16(bench):
@@ -187,5 +187,5 @@ def test_random_8b_shape_is_lossless_in_bf16(bench):
     }
     # The model continues x -> x + 1: a ramp, then a restart inside it, which prompt lookup can continue.
     prompts = [torch.cat([torch.arange(1000, 1064), torch.arange(1010, 1020)]), bench.prompt_ids(24)]
-    check_lossless(target, bench.tiny_tokenizer(), arms, prompts, ["ucb1", "thompson"],
+    check_lossless(target, tiny_tokenizer(), arms, prompts, ["ucb1", "thompson"],
                    accepting={"prompt_lookup", "draft_model", "ucb1", "thompson"})

@@ -208,31 +208,31 @@ THRESHOLD_MODES = {
 
 @pytest.mark.parametrize("sort", [True, False])
 @pytest.mark.parametrize("mode", sorted(THRESHOLD_MODES))
-def test_candidate_thresholds_match_reference(mode: str, sort: bool) -> None:
+def test_candidate_thresholds_match_reference(mode: str, sort: bool, device) -> None:
     sampling, tuning = THRESHOLD_MODES[mode], replace(FEW_CANDIDATES, sort=sort)
     for gamma in (1, 3):
-        args = make_inputs(1, gamma, 700, sampling, gamma == 3, seed=gamma)
+        args = make_inputs(1, gamma, 700, sampling, gamma == 3, seed=gamma, device=device)
         assert_same_outcome(verify_triton(*args[:3], sampling, args[3], tuning),
                             verify_reference(*args[:3], sampling, args[3]))
 
 
 @pytest.mark.parametrize("mode", ["greedy", "t0.7_topp0.8", "topk50"])
-def test_repeated_calls_reuse_the_plan_and_agree(mode: str) -> None:
+def test_repeated_calls_reuse_the_plan_and_agree(mode: str, device) -> None:
     # The later calls run on the cached workspace, whose counters the kernels reset themselves.
     sampling = SAMPLINGS[mode]
     for seed, gamma in [(0, 2), (1, 2), (2, 2), (3, 16)]:
-        args = make_inputs(1, gamma, 2000, sampling, True, seed=seed)
+        args = make_inputs(1, gamma, 2000, sampling, True, seed=seed, device=device)
         assert_same_outcome(verify_triton(*args[:3], sampling, args[3], GPU_LIKE),
                             verify_reference(*args[:3], sampling, args[3]))
     assert all(not plan.counters.any() for plan in _CHAIN_PLANS.values())
 
 
 @pytest.mark.parametrize("mode", ["greedy", "t0.7_topk100_topp0.8"])
-def test_no_draft_samples_the_target_as_the_engine_did(mode: str) -> None:
+def test_no_draft_samples_the_target_as_the_engine_did(mode: str, device) -> None:
     # The engine's autoregressive step: gamma = 0, the token comes from p with the one uniform.
     sampling = SAMPLINGS[mode]
-    logits, _, _, u = make_inputs(1, 0, 2000, sampling, False, seed=5)
+    logits, _, _, u = make_inputs(1, 0, 2000, sampling, False, seed=5, device=device)
     want = sample_from(process_logits(logits[0], sampling), u[0])
     for impl in (verify_reference, verify_triton):
-        n, tokens = impl(logits, torch.zeros(1, 0, dtype=torch.long, device=DEVICE), None, sampling, u)
+        n, tokens = impl(logits, torch.zeros(1, 0, dtype=torch.long, device=device), None, sampling, u)
         assert n.tolist() == [0] and tokens.tolist() == [want.tolist()]

@@ -25,7 +25,7 @@ def test_compiled_matches_reference_at_every_gamma(mode: str, stochastic: bool) 
     sampling = GPU_SAMPLINGS[mode]
     for gamma in range(17):
         for seed in range(2):
-            args = make_inputs(2, gamma, 128256, sampling, stochastic, seed=100 * gamma + seed)
+            args = make_inputs(2, gamma, 128256, sampling, stochastic, seed=100 * gamma + seed, device="cuda")
             assert_same_outcome(verify_triton(*args[:3], sampling, args[3]),
                                 verify_reference(*args[:3], sampling, args[3]))
 
@@ -35,7 +35,7 @@ def test_compiled_matches_reference_at_every_gamma(mode: str, stochastic: bool) 
 def test_compiled_matches_reference_at_other_vocabularies(vocab: int, mode: str) -> None:
     sampling = SAMPLINGS[mode]
     for gamma in (1, 5, 16):
-        args = make_inputs(3, gamma, vocab, sampling, True, seed=vocab + gamma)
+        args = make_inputs(3, gamma, vocab, sampling, True, seed=vocab + gamma, device="cuda")
         assert_same_outcome(verify_triton(*args[:3], sampling, args[3]), verify_reference(*args[:3], sampling, args[3]))
 
 
@@ -45,7 +45,7 @@ def test_thresholds_beyond_the_candidates_match_reference(sampling: SamplingConf
     # Flat distributions: the nucleus (or the top-k) holds far more logits than the chunks keep as candidates,
     # so the row finisher falls back to its passes over the row.
     for seed in range(3):
-        args = make_inputs(2, 4, 128256, sampling, True, seed=seed)
+        args = make_inputs(2, 4, 128256, sampling, True, seed=seed, device="cuda")
         args[0] = args[0] / 6
         assert_same_outcome(verify_triton(*args[:3], sampling, args[3]), verify_reference(*args[:3], sampling, args[3]))
 
@@ -54,14 +54,14 @@ def test_thresholds_beyond_the_candidates_match_reference(sampling: SamplingConf
                          [("greedy", False), ("t0.8_topp0.9", True), ("t0.7_topk100_topp0.8", False)])
 def test_verification_replays_from_a_cuda_graph(mode: str, stochastic: bool) -> None:
     sampling = GPU_SAMPLINGS[mode]
-    static = make_inputs(1, 8, 128256, sampling, stochastic, seed=0)
+    static = make_inputs(1, 8, 128256, sampling, stochastic, seed=0, device="cuda")
     verify_triton(*static[:3], sampling, static[3])  # the warm-up that plans the shape
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         n, tokens = verify_triton(*static[:3], sampling, static[3])
     for seed in range(1, 6):
-        fresh = make_inputs(1, 8, 128256, sampling, stochastic, seed=seed)
+        fresh = make_inputs(1, 8, 128256, sampling, stochastic, seed=seed, device="cuda")
         for dst, src in zip(static, fresh, strict=True):
             if dst is not None:
                 dst.copy_(src)

@@ -30,14 +30,18 @@ INTERPRETER_SMS = 4  # on the CPU (Triton's interpreter): a few splits, so tests
 
 
 def decode_attention_reference(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor) -> Tensor:
-    """q [n, H, D] at `positions` [n] over the cache [Hkv, S, D] -> [n, H, D]; row i sees slots <= positions[i].
-    The H / Hkv query heads of one KV head become that head's query rows, so keys and values are read once
-    and never repeated."""
+    """q [n, H, D] at `positions` [n] over the cache [Hkv, S, D] -> [n, H, D]; row i sees slots <= positions[i]."""
+    mask = torch.arange(k_cache.shape[1], device=positions.device)[None, :] <= positions[:, None]
+    return grouped_attention(q, k_cache, v_cache, mask)
+
+
+def grouped_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tensor:
+    """q [n, H, D] over the whole cache [Hkv, S, D] behind `mask` [n, S] -> [n, H, D]. The H / Hkv query heads
+    of one KV head become that head's query rows, so keys and values are read once and never repeated."""
     n, heads, dim = q.shape
     kv_heads, span = k_cache.shape[0], k_cache.shape[1]
     rep = heads // kv_heads
-    mask = torch.arange(span, device=positions.device)[None, :] <= positions[:, None]
-    q = q.view(n, kv_heads, rep, dim).permute(1, 0, 2, 3).reshape(1, kv_heads, n * rep, dim)
+    q = q.reshape(n, kv_heads, rep, dim).permute(1, 0, 2, 3).reshape(1, kv_heads, n * rep, dim)
     rows = mask[:, None, :].expand(n, rep, span).reshape(n * rep, span)
     out = F.scaled_dot_product_attention(q, k_cache[None], v_cache[None], attn_mask=rows)
     return out.view(kv_heads, n, rep, dim).permute(1, 0, 2, 3).reshape(n, heads, dim)

@@ -30,6 +30,8 @@ class CausalLM(ABC):
     supports_tree: bool = False
     length: int = 0
     capture_layer: int | None = None  # fill Scores.layer_hidden with this layer's input (models that can)
+    rollback_problem: str | None = None  # why `crop` cannot work (then only autoregressive decoding can)
+    per_token_rope: bool = False  # rotates every token as `generate` does, whatever the RoPE type
 
     @abstractmethod
     def reset(self) -> None:

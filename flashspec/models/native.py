@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedModel
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from flashspec.models.attention import IMPLEMENTATIONS
+from flashspec.models.attention import IMPLEMENTATIONS, grouped_attention
 from flashspec.models.base import CausalLM, Scores, tree_depths, tree_mask
+from flashspec.models.fidelity import rope_limit
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 GRAPH_TOKENS = 32  # chains up to this long are decoding steps (one graph per length); longer ones: prefill
@@ -64,6 +66,13 @@ class NativeLlama(CausalLM):
         self.n_heads = cfg.num_attention_heads
         self.n_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.windows = layer_windows(cfg)
+        # RoPE whose frequencies depend on the sequence length, in a context long enough for that to matter:
+        # every token gets its own (as in generate, one token per forward), so decoding steps take the eager path.
+        self.rope_limit = rope_limit(cfg)
+        self.per_token_rope = self.rope_limit is not None and max_context > self.rope_limit[1]
+        graphs = graphs and not self.per_token_rope
+        self.prompt_length = 0
         p = next(model.parameters())
         self.device = p.device
         # One tensor per layer, not views of one: a compiled layer then sees the same kind of input each time.
@@ -110,15 +119,23 @@ class NativeLlama(CausalLM):
             positions = start - 1 + tree_depths(parents.cpu())
             block = tree_mask(parents.cpu())
         mask = torch.cat([torch.ones(n, start, dtype=torch.bool), block], dim=1).to(self.device)
+        positions = positions.to(self.device)
+        key_positions = torch.cat([torch.arange(start, device=self.device), positions])
+        masks = window_masks(mask, positions, key_positions, self.windows)
         slots = torch.arange(start, start + n, device=self.device)
         lm = self.model.model
         x = lm.embed_tokens(tokens.to(self.device))[None]
-        cos, sin = lm.rotary_emb(x, positions.to(self.device)[None])
+        if start == 0:
+            self.prompt_length = n
+        if self.per_token_rope:
+            cos, sin = per_token_rotary(lm.rotary_emb, x, positions, self.prompt_length, self.rope_limit[1])
+        else:
+            cos, sin = lm.rotary_emb(x, positions[None])
         captured = None
         for i, layer in enumerate(lm.layers):
             if i == self.capture_layer:
                 captured = x[0]
-            x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, slots, mask)
+            x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, slots, masks[i])
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         hidden = lm.norm(x)[0]
         self.length = start + n
@@ -179,23 +196,26 @@ class NativeLlama(CausalLM):
         lm = self.model.model
         x = lm.embed_tokens(tokens)[None]
         cos, sin = lm.rotary_emb(x, positions[None])
+        masks = self._window_masks(positions)
         if self.compiled and len(tokens) > 1:  # one compiled layer for every n > 1 (n = 1 gets its own)
-            for t, dim in ((x, 1), (cos, 1), (sin, 1), (positions, 0)):
+            windowed = ((m, 0) for m in set(masks) if m is not None)
+            for t, dim in ((x, 1), (cos, 1), (sin, 1), *windowed, (positions, 0)):
                 torch._dynamo.maybe_mark_dynamic(t, dim)
         captured = None
         for i, parts in enumerate(zip(lm.layers, self.fused, self.k_cache, self.v_cache, strict=True)):
             if i == self.capture_layer:
                 captured = x[0]
-            x = self.layer(*parts, x, cos, sin, positions)
+            x = self.layer(*parts, x, cos, sin, masks[i], positions)
         hidden = lm.norm(x)[0]
         return self.model.lm_head(hidden).float(), hidden, captured
 
     def _layer(
         self, layer: nn.Module, fused: tuple, k_cache: Tensor, v_cache: Tensor, x: Tensor, cos: Tensor,
-        sin: Tensor, positions: Tensor,
+        sin: Tensor, mask: Tensor | None, positions: Tensor,
     ) -> Tensor:
         """One decoder layer; a pure function of its inputs, so compiling it once serves every layer. Token i
-        sees cache slots up to positions[i]; the slots after the block hold stale entries or nothing."""
+        sees cache slots up to positions[i] (within its window, where `mask` gives one); the slots after the
+        block hold stale entries or nothing."""
         attn, mlp = layer.self_attn, layer.mlp
         qkv, qkv_bias, gate_up, gate_up_bias = fused
         n = x.shape[1]
@@ -208,9 +228,21 @@ class NativeLlama(CausalLM):
         q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
         k_cache.index_copy_(1, positions, k[0].transpose(0, 1))
         v_cache.index_copy_(1, positions, v.view(n, self.n_kv_heads, self.head_dim).transpose(0, 1))
-        x = x + attn.o_proj(self.decode_attention(q[0], k_cache, v_cache, positions).view(1, n, -1))
+        if mask is None:
+            out = self.decode_attention(q[0], k_cache, v_cache, positions)
+        else:
+            out = grouped_attention(q[0], k_cache, v_cache, mask)
+        x = x + attn.o_proj(out.view(1, n, -1))
         gate, up = F.linear(layer.post_attention_layernorm(x), gate_up, gate_up_bias).chunk(2, dim=-1)
         return x + mlp.down_proj(mlp.act_fn(gate) * up)
+
+    def _window_masks(self, positions: Tensor) -> list[Tensor | None]:
+        """Per layer, None where the decode-attention kernel serves (it reads the used length off `positions`);
+        for a model with sliding windows, every layer's mask over the whole cache, as Hugging Face masks it."""
+        if all(w is None for w in self.windows):
+            return [None] * len(self.windows)
+        mask = self.cache_positions[None, :] <= positions[:, None]
+        return window_masks(mask, positions, self.cache_positions, self.windows)
 
     # ---------------------------------------------------------------- cache
     def crop(self, length: int) -> None:
@@ -222,6 +254,45 @@ class NativeLlama(CausalLM):
         for cache in self.k_cache + self.v_cache:
             cache[:, dst] = cache[:, src]
         self.length = start + len(nodes)
+
+
+def per_token_rotary(rotary: nn.Module, x: Tensor, positions: Tensor, prompt_length: int, limit: int):
+    """cos, sin [1, n, D] of a length-dependent RoPE (dynamic, longrope) as `generate` rotates each token: with
+    the frequencies of the sequence it was decoded in, the prompt for prompt tokens, its own position + 1 after
+    (`limit`: the length up to which the original frequencies hold)."""
+    lengths = (positions.clamp_min(prompt_length - 1) + 1).tolist()
+    by_length = {s: rope_frequencies(rotary, s, limit, x.device) for s in set(lengths)}
+    freqs = positions[:, None].float() * torch.stack([by_length[s] for s in lengths])
+    emb = torch.cat((freqs, freqs), dim=-1)[None]
+    return (emb.cos() * rotary.attention_scaling).to(x.dtype), (emb.sin() * rotary.attention_scaling).to(x.dtype)
+
+
+def rope_frequencies(rotary: nn.Module, length: int, limit: int, device: torch.device) -> Tensor:
+    """The inverse frequencies Hugging Face's rotary module uses in a forward whose longest sequence is `length`
+    (its dynamic_rope_update: a tensor length, the long factors past the limit for longrope)."""
+    if length <= limit:
+        return rotary.original_inv_freq.to(device=device, dtype=torch.float)
+    seq_len = limit + 1 if rotary.rope_type == "longrope" else torch.tensor(length, device=device)
+    inv_freq, _ = ROPE_INIT_FUNCTIONS[rotary.rope_type](rotary.config, device, seq_len=seq_len)
+    return inv_freq.to(device=device, dtype=torch.float)
+
+
+def layer_windows(config) -> list[int | None]:
+    """Each layer's sliding window (None: full attention), as the Hugging Face modules mask them: Mistral's
+    `sliding_window` on every layer, Qwen2/Qwen3's on the layers their `layer_types` mark sliding."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if window is None or types is None or config.model_type == "mistral":
+        return [window] * config.num_hidden_layers
+    return [window if kind == "sliding_attention" else None for kind in types]
+
+
+def window_masks(mask: Tensor, positions: Tensor, key_positions: Tensor, windows: list[int | None]) -> list[Tensor]:
+    """Per layer, `mask` [n, S] (queries at `positions`, keys at `key_positions`) narrowed to the layer's
+    window: a query sees the keys less than `window` positions behind it (Hugging Face's sliding_window_overlay).
+    Layers with the same window share one tensor."""
+    by_window = {w: mask if w is None else mask & (positions[:, None] - key_positions[None, :] < w) for w in windows}
+    return [by_window[w] for w in windows]
 
 
 def fuse_layer(layer: nn.Module) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:

@@ -376,7 +376,8 @@ def _bisected_thresholds(x, m, zm, mass, T, top_k, top_p, TOP_K: tl.constexpr, T
     if TOP_K:
         found = (n_kept >= top_k).to(tl.int32)
         if found != 0:
-            tau, n_kept, kept = _threshold_among(x, e, tau, m, n_kept, kept, tl.zeros([], tl.float32), tl.zeros([], tl.float64),
+            tau, n_kept, kept = _threshold_among(x, e, tau, m, n_kept, kept, tl.zeros([], tl.float32),
+                                                 tl.zeros([], tl.float64),
                                                  top_k * 1.0, False, P_CAND)
     if TOP_P:
         target = mass * top_p
@@ -384,7 +385,8 @@ def _bisected_thresholds(x, m, zm, mass, T, top_k, top_p, TOP_K: tl.constexpr, T
             target = kept * top_p
         found = found * (kept >= target).to(tl.int32)
         if found != 0:
-            tau, n_kept, kept = _threshold_among(x, e, tau, m, n_kept, kept, tl.zeros([], tl.float32), tl.zeros([], tl.float64),
+            tau, n_kept, kept = _threshold_among(x, e, tau, m, n_kept, kept, tl.zeros([], tl.float32),
+                                                 tl.zeros([], tl.float64),
                                                  target, True, P_CAND)
     return tau, kept, found
 
