@@ -141,7 +141,7 @@ class SpeculativeEngine:
         # A tree block: the pending token hangs off the cache (-1), the draft's roots off the pending token.
         parents = torch.cat([torch.tensor([-1]), draft.parents + 1]) if tree else None
         scores = self.target.forward(block, parents)
-        logits = self._process(scores.logits, context, torch.cat([pending, drafted]), parents)
+        logits = self._process(scores.logits, context, block, parents)
         rows = None  # the block rows of the committed tokens: a prefix for a chain, else the tree's path
         if tree:
             n_accepted, tokens, rows = self._verify_tree(logits, draft, sampling, generator)
