@@ -172,7 +172,7 @@ def _tree_kernel(
     row = tl.program_id(0)
     c = tl.program_id(1)
     x_row = logits_ptr + row.to(tl.int64) * V
-    _store_chunk_stats(x_row, row, c, part_ptr, part_arg_ptr, V, T, GREEDY, CHUNK, BLOCK_V, NSPLIT_P2)
+    _store_chunk_stats(x_row, row, c, part_ptr, part_arg_ptr, V, T, GREEDY, CHUNK, BLOCK_V, NSPLIT_P2, 3)
     nsplit = tl.cdiv(V, CHUNK)
     if _arrive_last(counters_ptr + row, nsplit):
         # The chain kernel's row finisher with G = 0: the row's statistics, no chain draft to test.

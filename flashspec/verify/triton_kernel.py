@@ -67,14 +67,16 @@ def _chunk_stats(x_row, V: tl.constexpr, start, T, GREEDY: tl.constexpr, CHUNK: 
 
 @triton.jit
 def _store_chunk_stats(x_row, row, c, part_ptr, part_arg_ptr, V: tl.constexpr, T, GREEDY: tl.constexpr,
-                       CHUNK: tl.constexpr, BLOCK_V: tl.constexpr, NSPLIT_P2: tl.constexpr):
-    """Chunk c's statistics of logits row `row`, into its slot of the per-row partials."""
+                       CHUNK: tl.constexpr, BLOCK_V: tl.constexpr, NSPLIT_P2: tl.constexpr, STRIDE: tl.constexpr):
+    """Chunk c's statistics of logits row `row` (max, mass, min; argmax apart), into its slot of the per-row
+    partials, STRIDE values a slot; returns the slot, max and min."""
     m, s, lo, am = _chunk_stats(x_row, V, c * CHUNK, T, GREEDY, CHUNK, BLOCK_V)
     slot = row * NSPLIT_P2 + c
-    tl.store(part_ptr + slot * 3, m)
-    tl.store(part_ptr + slot * 3 + 1, s)
-    tl.store(part_ptr + slot * 3 + 2, lo)
+    tl.store(part_ptr + slot * STRIDE, m)
+    tl.store(part_ptr + slot * STRIDE + 1, s)
+    tl.store(part_ptr + slot * STRIDE + 2, lo)
     tl.store(part_arg_ptr + slot, am)
+    return slot, m, lo
 
 
 @triton.jit
@@ -494,12 +496,8 @@ def _verify_kernel(
     c = tl.program_id(2)
     row = b * (G + 1) + j
     x_row = logits_ptr + row.to(tl.int64) * V
-    m, s, lo, am = _chunk_stats(x_row, V, c * CHUNK, T, GREEDY, CHUNK, BLOCK_V)
-    slot = row * NSPLIT_P2 + c
-    tl.store(part_ptr + slot * 4, m)
-    tl.store(part_ptr + slot * 4 + 1, s)
-    tl.store(part_ptr + slot * 4 + 2, lo)
-    tl.store(part_arg_ptr + slot, am)
+    slot, m, lo = _store_chunk_stats(x_row, row, c, part_ptr, part_arg_ptr, V, T, GREEDY, CHUNK, BLOCK_V,
+                                     NSPLIT_P2, 4)
     if not GREEDY:
         if TOP_K or TOP_P:  # part_arg then holds the candidate count
             n, left_out = _store_candidates(x_row, c, lo, m, cand_ptr + row * CAP + c * M, V, CHUNK, BLOCK_V, M,
