@@ -88,9 +88,9 @@ class SpeculativeEngine:
         """The SpecStream package's entry point: Speculative Streaming over a transformers model object (moved
         to `device`; "auto": CUDA when available). Its stream embeddings and LoRA come from `drafter`, a
         checkpoint of scripts/train_drafters.py, by default the one trained for this model (found beside it or
-        in results/models); with `train_preset` a missing one is trained into `drafter` first. Drafts are
-        chains of min(gamma, max_speculation_depth) tokens; `acceptance_threshold` is refused: see
-        flashspec/deploy.py."""
+        in results/models); with `train_preset` a missing one is trained first, into `drafter` or beside the
+        model's folder. Drafts are chains of min(gamma, max_speculation_depth) tokens; `acceptance_threshold`
+        is refused: see flashspec/deploy.py."""
         config, target = streaming_setup(model, gamma, max_speculation_depth, temperature, device, drafter,
                                          train_preset, acceptance_threshold)
         return cls(config, target=target, tokenizer=tokenizer)

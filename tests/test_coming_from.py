@@ -63,6 +63,8 @@ def test_from_model_refusals(family, tmp_path):
     command = f"scripts/train_drafters.py --target {FAMILY / 'flashspec-target'} --drafters streaming"
     with pytest.raises(ValueError, match=f"no Speculative Streaming drafter at {tmp_path}.*{command}"):
         SpeculativeEngine.from_model(model, tokenizer, drafter=tmp_path)
+    with pytest.raises(TypeError, match="FlashSpecConfig .got a LlamaForCausalLM.: .*from_model"):
+        SpeculativeEngine(model)
     tokenizer = tiny_tokenizer()
     unsaved = tiny_model("tiny", len(tokenizer))
     with pytest.raises(ValueError, match="trained for 'this model': save it .*--target DIR"):
