@@ -8,11 +8,11 @@ from dataclasses import dataclass, field, fields
 
 class ByKey:
     """Results read by key as well as by attribute (`result["text"]`, as the SpecStream package's dicts are):
-    the keys are the dataclass fields and the properties."""
+    the keys are the dataclass fields that hold a value (not None) and the properties."""
 
     def keys(self) -> list[str]:
         properties = [name for cls in type(self).__mro__ for name, v in vars(cls).items() if isinstance(v, property)]
-        return [f.name for f in fields(self)] + properties
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None] + properties
 
     def __getitem__(self, key: str):
         if key not in self.keys():
