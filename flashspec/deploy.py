@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel
 
 from flashspec.config import ArmConfig, BanditConfig, FlashSpecConfig, SamplingConfig, TargetConfig
-from flashspec.drafters.checkpoint import CONFIG
+from flashspec.drafters.checkpoint import CONFIG, load_checkpoint
 from flashspec.drafters.streaming import KIND
 from flashspec.models import PROJECT_ROOT, NativeLlama, load_hf, resolve_name
 from flashspec.models.native import ARCHITECTURES, is_supported
@@ -47,7 +47,8 @@ def streaming_setup(
             "FlashSpecConfig with prompt_lookup or draft_model arms"
         )
     path = streaming_drafter(model, drafter, train_preset)
-    depth, streams = min(gamma, max_speculation_depth), json.loads((path / CONFIG).read_text())["n_streams"]
+    meta, _ = load_checkpoint(path, KIND, model.config)  # its kind and its target's shapes checked
+    depth, streams = min(gamma, max_speculation_depth), meta["n_streams"]
     if depth > streams:
         raise ValueError(f"a draft of min(gamma, max_speculation_depth) = {depth} tokens needs {depth} streams; the "
                          f"drafter at {path} has {streams}: use gamma <= {streams}")

@@ -56,6 +56,8 @@ def test_from_model_refusals(family, tmp_path):
     model, tokenizer = family
     with pytest.raises(ValueError, match="drafter at .* has 4: use gamma <= 4"):
         SpeculativeEngine.from_model(model, tokenizer, gamma=6, max_speculation_depth=6)
+    with pytest.raises(ValueError, match="holds a 'eagle' drafter, not 'streaming'"):
+        SpeculativeEngine.from_model(model, tokenizer, drafter="results/models/flashspec-eagle")
     with pytest.raises(ValueError, match="gamma=0: use an integer >= 1"):
         SpeculativeEngine.from_model(model, tokenizer, gamma=0)
     with pytest.raises(ValueError, match="device='gpu' is not a torch device"):
