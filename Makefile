@@ -17,7 +17,7 @@ COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 CHAOS = tests/test_harness_sweep.py::test_killed_sweep_resumes_without_redoing_or_losing_runs \
 	tests/test_scale_out.py::test_live_workers_never_share_a_gpu_and_a_dead_workers_gpu_is_reused \
 	tests/test_quality_humaneval.py::test_runaway_programs_are_stopped \
-	tests/test_harness_store.py tests/test_engine_errors.py
+	tests/test_harness_store.py tests/test_engine_errors.py tests/test_chaos_bandits.py
 
 .PHONY: test test-gpu test-chaos bench-quick bench lint readme paper
 

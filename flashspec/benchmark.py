@@ -12,14 +12,14 @@ allocated memory between speculative and autoregressive generation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 
 from flashspec.config import SamplingConfig
-from flashspec.metrics import GenerationResult
+from flashspec.metrics import ByKey, GenerationResult, acceptance
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,9 @@ class MemoryReport:
 
 
 @dataclass(frozen=True)
-class BenchmarkResult:
+class BenchmarkResult(ByKey):
+    """Readable by key too (`result["average_speedup"]`), as the SpecStream package's benchmark dict is."""
+
     average_speedup: float  # tokens_per_second / baseline_tokens_per_second
     tokens_per_second: float  # speculative decoding
     baseline_tokens_per_second: float  # autoregressive decoding of the same target
@@ -44,6 +46,11 @@ class BenchmarkResult:
     matches_baseline: float  # fraction of generations identical to the autoregressive one (1.0 when greedy)
     memory: MemoryReport
     generations: int  # per engine
+
+    @property
+    def memory_overhead(self) -> int:
+        """Bytes the drafting arms hold beyond the target (memory.overhead_bytes)."""
+        return self.memory.overhead_bytes
 
     def as_dict(self) -> dict:
         return {**asdict(self), "memory_overhead_bytes": self.memory.overhead_bytes}
@@ -59,9 +66,7 @@ def benchmark(
     if engine.selector is None:
         raise ValueError("this engine decodes autoregressively (bandit.policy='none'): configure draft arms "
                          "and a bandit policy to benchmark speculative decoding")
-    cfg = engine.config
-    baseline = type(engine)(replace(cfg, bandit=replace(cfg.bandit, policy="none")), target=engine.target,
-                            tokenizer=engine.tokenizer)
+    baseline = engine.autoregressive()
     on_cuda = engine.device.type == "cuda"
     for e in (baseline, engine):
         e.generate(test_prompts[0], max_new_tokens, sampling)
@@ -77,14 +82,12 @@ def benchmark(
                     peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(engine.device))
     spec, base = runs["speculative"], runs["baseline"]
     rate, base_rate = _rate(spec), _rate(base)
-    drafted = sum(s.drafted for r in spec for s in r.arms.values())
-    accepted = sum(s.accepted for r in spec for s in r.arms.values())
     return BenchmarkResult(
         average_speedup=rate / base_rate, tokens_per_second=rate, baseline_tokens_per_second=base_rate,
-        speculation_accuracy=accepted / drafted if drafted else float("nan"),
+        speculation_accuracy=acceptance(s for r in spec for s in r.arms.values()),
         tokens_per_step=sum(r.new_tokens for r in spec) / sum(r.steps for r in spec),
         matches_baseline=sum(a.token_ids == b.token_ids for a, b in zip(spec, base, strict=True)) / len(spec),
-        memory=_memory(engine, peaks["speculative"] - peaks["baseline"] if on_cuda else None),
+        memory=memory_report(engine, peaks["speculative"] - peaks["baseline"] if on_cuda else None),
         generations=len(spec),
     )
 
@@ -93,7 +96,7 @@ def _rate(results: list[GenerationResult]) -> float:
     return sum(r.new_tokens for r in results) / sum(r.wall_time_s for r in results)
 
 
-def _memory(engine, peak_delta: int | None) -> MemoryReport:
+def memory_report(engine, peak_delta: int | None = None) -> MemoryReport:
     target = tensor_storages(engine.target)
     arms = tensor_storages([arm for arm, _ in engine.pairs])
     mine = [(size, is_param) for ptr, (size, is_param) in arms.items() if ptr not in target]

@@ -8,16 +8,21 @@ opens the next verification block, so every step is exactly one target forward o
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import torch
 from torch import Tensor
+from transformers import PreTrainedModel
 
 from flashspec.arms import Arm, Draft, build_arm
 from flashspec.bandit import SELECTORS, make_selector
-from flashspec.benchmark import BenchmarkResult, benchmark
+from flashspec.benchmark import BenchmarkResult, benchmark, memory_report
 from flashspec.config import FlashSpecConfig, SamplingConfig
-from flashspec.metrics import ArmStats, GenerationResult
+from flashspec.deploy import streaming_setup
+from flashspec.metrics import ArmStats, EngineMetrics, GenerationResult
 from flashspec.models import CausalLM, Scores, load_model
 from flashspec.models.fidelity import apply_per_row, check_rope, eos_token_ids, logits_processors
 from flashspec.verify import (
@@ -34,10 +39,14 @@ from flashspec.verify import (
 class SpeculativeEngine:
     def __init__(
         self, config: FlashSpecConfig | None = None, *, target: CausalLM | None = None, tokenizer=None,
-        arms: Sequence[Arm] | None = None,
+        arms: Sequence[Arm] | None = None, **unknown,
     ) -> None:
         """`target` with its `tokenizer`, and `arms`: parts already built, used instead of loading
         `config.target.model` and building `config.arms` (so one loaded model serves several engines)."""
+        if unknown or not isinstance(config, FlashSpecConfig | None):
+            got = sorted(unknown) or f"a {type(config).__name__}"
+            raise TypeError(f"SpeculativeEngine() takes a FlashSpecConfig (got {got}): for a transformers model "
+                            "object, as in SpecStream, use SpeculativeEngine.from_model(model, tokenizer, gamma=4)")
         self.config = cfg = config or FlashSpecConfig()
         if (target is None) != (tokenizer is None):
             raise ValueError("pass `target` and `tokenizer` together, or neither (config.target then loads)")
@@ -75,20 +84,74 @@ class SpeculativeEngine:
         self.eos_ids = eos_token_ids(self.tokenizer, model)
         self.processors = logits_processors(getattr(model, "generation_config", None), self.device)
         self.best_rate = 0.0  # tokens/s normaliser that maps the throughput reward into [0, 1]
+        self.failed: set[int] = set()  # pairs whose arm raised while drafting this request: they sit it out
+        self.metrics = EngineMetrics()
+        self._baseline: SpeculativeEngine | None = None
+
+    @classmethod
+    def from_model(
+        cls, model: PreTrainedModel, tokenizer, gamma: int = 4, max_speculation_depth: int = 5,
+        temperature: float = 0.7, device: str = "auto", *, drafter: str | Path | None = None,
+        train_preset: str | None = None, acceptance_threshold: float | None = None,
+    ) -> SpeculativeEngine:
+        """The SpecStream package's entry point: Speculative Streaming over a transformers model object (moved
+        to `device`; "auto": CUDA when available). Its stream embeddings and LoRA come from `drafter`, a
+        checkpoint of scripts/train_drafters.py, by default the one trained for this model (found beside it or
+        in results/models); with `train_preset` a missing one is trained first, into `drafter` or beside the
+        model's folder. Drafts are chains of min(gamma, max_speculation_depth) tokens; `acceptance_threshold`
+        is refused: see flashspec/deploy.py."""
+        config, target = streaming_setup(model, gamma, max_speculation_depth, temperature, device, drafter,
+                                         train_preset, acceptance_threshold)
+        return cls(config, target=target, tokenizer=tokenizer)
 
     def benchmark(self, test_prompts: Sequence, num_runs: int = 3, **kwargs) -> BenchmarkResult:
         """Speedup over autoregressive decoding, tokens/s, acceptance rate, memory: see flashspec/benchmark.py."""
         return benchmark(self, test_prompts, num_runs, **kwargs)
 
-    # ---------------------------------------------------------------- the loop
+    def get_metrics(self) -> dict:
+        """Totals and rates over this engine's generations (EngineMetrics.as_dict), per-arm statistics, the
+        bandit's state and the drafting arms' memory (flashspec/benchmark.py's MemoryReport, in bytes)."""
+        memory = memory_report(self)
+        return {**self.metrics.as_dict(), "bandit": self.selector.state() if self.selector else None,
+                "memory_overhead": memory.overhead_bytes, "memory": asdict(memory)}
+
+    def autoregressive(self) -> SpeculativeEngine:
+        """This engine's target decoding without drafts (made once): what speedups are measured against."""
+        if self._baseline is None:
+            cfg = self.config
+            self._baseline = type(self)(replace(cfg, bandit=replace(cfg.bandit, policy="none")),
+                                        target=self.target, tokenizer=self.tokenizer)
+        return self._baseline
+
     def generate(
         self,
         prompt: str | Sequence[int] | Tensor,
         max_new_tokens: int = 128,
         sampling: SamplingConfig | None = None,
         stop: Sequence[str] | None = None,
+        *,
+        temperature: float | None = None,
+        measure_speedup: bool = False,
     ) -> GenerationResult:
+        """`temperature` replaces the sampling config's. `measure_speedup` costs a second decode: the same
+        target then decodes the same prompt autoregressively, and `result.speedup` is the ratio of the two
+        tokens/s (one measurement, no warm-up: `benchmark` is the careful one)."""
         sampling = sampling or self.config.sampling
+        if temperature is not None:
+            sampling = replace(sampling, temperature=temperature)
+        self.failed = set()
+        result = self._generate(prompt, max_new_tokens, sampling, stop)
+        if measure_speedup:
+            baseline = self.autoregressive().generate(prompt, max_new_tokens, sampling, stop)
+            result.speedup = result.tokens_per_s / baseline.tokens_per_s
+        self.metrics.add(result)
+        return result
+
+    # ---------------------------------------------------------------- the loop
+    def _generate(
+        self, prompt: str | Sequence[int] | Tensor, max_new_tokens: int, sampling: SamplingConfig,
+        stop: Sequence[str] | None,
+    ) -> GenerationResult:
         context = self._encode(prompt, max_new_tokens)
         generator = torch.Generator(self.device).manual_seed(sampling.seed)
         if self.selector is not None and self.config.bandit.scope == "request":
@@ -120,7 +183,7 @@ class SpeculativeEngine:
         return GenerationResult(
             text=self._text(new, stop), token_ids=new, prompt_tokens=prompt_tokens,
             steps=1 + len(trace), arms=stats, trace=trace, wall_time_s=time.perf_counter() - start,
-            ttft_s=ttft, emitted=emitted,
+            ttft_s=ttft, emitted=emitted, failed_arms=sorted({self.arm_names[k] for k in self.failed}),
         )
 
     def _step(
@@ -131,8 +194,7 @@ class SpeculativeEngine:
         room = min(budget - 1, self.target.max_context - len(context))
         draft = Draft(torch.empty(0, dtype=torch.long))
         if k >= 0 and room > 0:
-            arm, gamma = self.pairs[k]
-            draft = arm.propose(context, min(gamma, room), sampling, generator)
+            draft = self._propose(k, context, min(self.pairs[k][1], room), sampling, generator)
         cached = self.target.length
         # Host-to-device copies that do not wait for the device: nothing before the read below does.
         pending, drafted = context[-1:], draft.tokens
@@ -160,6 +222,20 @@ class SpeculativeEngine:
             self._learn(k, context, draft, n, tokens[: n + 1], time.perf_counter() - t0, sampling, generator, stats)
         self._observe_target(cached, kept)
         return tokens[: n + 1]
+
+    def _propose(self, k: int, context: Tensor, gamma: int, sampling: SamplingConfig, generator) -> Draft:
+        """Pair k's draft. An arm that raises sits out the rest of the request, with a warning: its steps
+        decode without a draft (the output stays the target's) and earn the bandit nothing."""
+        arm = self.pairs[k][0]
+        if k not in self.failed:
+            try:
+                return arm.propose(context, gamma, sampling, generator)
+            except Exception as err:  # any drafter bug: losing its drafts costs speed, never correctness
+                self.failed |= {j for j, (a, _) in enumerate(self.pairs) if a is arm}
+                warnings.warn(f"arm {arm.name!r} raised while drafting ({type(err).__name__}: {err}); it sits out "
+                              "the rest of this request, whose steps it would have drafted decode without a draft",
+                              RuntimeWarning, stacklevel=2)
+        return Draft(torch.empty(0, dtype=torch.long))
 
     def _verify(self, logits: Tensor, draft: Draft, sampling: SamplingConfig, generator) -> tuple[Tensor, Tensor]:
         """One verifier call, no host sync. Without a draft (an autoregressive step) it samples the target's
@@ -205,13 +281,14 @@ class SpeculativeEngine:
         sampling: SamplingConfig, generator, stats: dict,
     ) -> None:
         arm, _ = self.pairs[k]
-        arm.observe(context, draft, n)
+        if k not in self.failed:
+            arm.observe(context, draft, n)
         s = stats[self.arm_names[k]]
         s.pulls, s.drafted, s.accepted = s.pulls + 1, s.drafted + len(draft), s.accepted + n
         if self.selector.full_information:
             self.selector.update_all(self._would_be_rewards(k, context, kept, seconds, sampling, generator))
         else:
-            self.selector.update(k, self._reward(n + 1, seconds))
+            self.selector.update(k, 0.0 if k in self.failed else self._reward(n + 1, seconds))
 
     def _would_be_rewards(
         self, k: int, context: Tensor, kept: list[int], seconds: float, sampling: SamplingConfig, generator
@@ -220,12 +297,15 @@ class SpeculativeEngine:
 
         The other arms' drafts cost their own drafting time (measured); the target time is shared."""
         rewards = []
-        for j, (arm, gamma) in enumerate(self.pairs):
+        for j, (_, gamma) in enumerate(self.pairs):
             if j == k:
-                rewards.append(self._reward(len(kept), seconds))
+                rewards.append(0.0 if k in self.failed else self._reward(len(kept), seconds))
                 continue
             t0 = time.perf_counter()
-            draft = arm.propose(context, gamma, sampling, generator)
+            draft = self._propose(j, context, gamma, sampling, generator)
+            if j in self.failed:
+                rewards.append(0.0)
+                continue
             matched = matched_length(draft.tokens, draft.parents, kept)
             rewards.append(self._reward(min(matched, len(kept) - 1) + 1, seconds + time.perf_counter() - t0))
         return rewards

@@ -1,5 +1,6 @@
 """LoRA adapters through `peft`, with the API of the SpecStream package (`LoRAAdapter`), so code written for
-it ports over: wrap a model, `train` it, `save_weights` / `load_weights`, `get_parameter_stats`.
+it ports over: wrap a model, `train` it, `save_weights` / `load_weights`, `get_parameter_stats`. Its config
+keys "alpha" and "dropout" are peft's lora_alpha and lora_dropout.
 
 The Speculative Streaming drafter (flashspec/drafters/streaming.py) holds its LoRA weights in one of these.
 """
@@ -15,17 +16,24 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 from torch import Tensor, nn
+from transformers import AutoTokenizer
 
 WEIGHTS = "adapter_model.safetensors"  # the names peft's own save_pretrained / from_pretrained use
+SPECSTREAM_KEYS = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
 
 
 def as_lora_config(config: LoraConfig | dict) -> LoraConfig:
-    """A `LoraConfig` from itself or from a dict of its fields (a clear error for unknown keys)."""
+    """A `LoraConfig` from itself or from a dict of its fields (or SpecStream's names for them; a clear error
+    for unknown keys)."""
     if isinstance(config, LoraConfig):
         return config
     if not isinstance(config, dict):
         name = type(config).__name__
         raise ValueError(f"lora_config is a {name}: pass a peft LoraConfig or a dict of its fields")
+    both = sorted(k for k, field in SPECSTREAM_KEYS.items() if k in config and field in config)
+    if both:
+        raise ValueError(f"lora_config gives both {both} and peft's {[SPECSTREAM_KEYS[k] for k in both]}: keep one")
+    config = {SPECSTREAM_KEYS.get(k, k): v for k, v in config.items()}
     fields = {f.name for f in dataclasses.fields(LoraConfig)}
     unknown = sorted(set(config) - fields)
     if unknown:
@@ -35,10 +43,13 @@ def as_lora_config(config: LoraConfig | dict) -> LoraConfig:
 
 
 class LoRAAdapter:
-    """`base_model` with LoRA adapters injected (in place) as `lora_config` says; only the adapters train."""
+    """`base_model` with LoRA adapters injected (in place) as `lora_config` says; only the adapters train.
+    `tokenizer` turns texts into training data (default: the one saved with the model, when it was loaded
+    from a folder)."""
 
-    def __init__(self, base_model: nn.Module, lora_config: LoraConfig | dict) -> None:
+    def __init__(self, base_model: nn.Module, lora_config: LoraConfig | dict, tokenizer=None) -> None:
         self.config = as_lora_config(lora_config)
+        self.tokenizer = tokenizer
         try:
             self.model: PeftModel = get_peft_model(base_model, self.config)
         except ValueError as err:  # peft's message names the modules it could not find
@@ -49,6 +60,16 @@ class LoRAAdapter:
 
     def get_adapted_model(self) -> PeftModel:
         return self.model
+
+    def saved_tokenizer(self):
+        """The adapter's tokenizer, else the one saved with the base model (None if neither exists)."""
+        source = self.model.get_base_model().name_or_path
+        if self.tokenizer is None and source and Path(source).is_dir():
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(source)
+            except (OSError, ValueError):  # a folder of weights only: texts then need tokenizer=...
+                return None
+        return self.tokenizer
 
     def get_parameter_stats(self) -> dict[str, float]:
         """Trainable (LoRA) and total parameter counts of the adapted model, and the trainable percentage."""
@@ -89,10 +110,10 @@ class LoRAAdapter:
         self, dataset_or_texts: Iterable, tokenizer=None, *, epochs: int = 1, lr: float = 2e-4,
         batch_size: int = 8, max_length: int = 256, seed: int = 0,
     ) -> list[float]:
-        """Causal-LM fine-tuning of the adapters. `dataset_or_texts`: strings (needs `tokenizer`), token-id
-        sequences, or dict rows with "text" or "input_ids" (a datasets.Dataset, say).
-        Returns the loss of each step."""
-        windows = token_windows(dataset_or_texts, tokenizer, max_length)
+        """Causal-LM fine-tuning of the adapters. `dataset_or_texts`: strings (need a tokenizer: this one, the
+        adapter's, or the model's saved one), token-id sequences, or dict rows with "text" or "input_ids" (a
+        datasets.Dataset, say). Returns the loss of each step."""
+        windows = token_windows(dataset_or_texts, tokenizer or self.saved_tokenizer(), max_length)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr)
         generator = torch.Generator().manual_seed(seed)
