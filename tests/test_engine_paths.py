@@ -4,10 +4,9 @@ verifier through the engine, non-finite logits in a decoding step, and bad promp
 from functools import cache
 
 import pytest
-import torch
+from test_eos_in_step import EosTokenizer, SuccessorLM
 
 from flashspec import ArmConfig, BanditConfig, FlashSpecConfig, SamplingConfig, SpeculativeEngine
-from test_eos_in_step import EosTokenizer, SuccessorLM
 
 ARMS = [ArmConfig("prompt_lookup"), ArmConfig("draft_model", model="tiny-draft")]
 PROMPTS = ["the cat sat on the mat the cat sat on the", "def f(x): return x def f(x): return"]

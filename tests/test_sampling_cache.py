@@ -10,12 +10,12 @@ top-k / top-p; each kind of mistake is shown to fail (a deliberately broken vari
 import numpy as np
 import pytest
 import torch
+from test_engine_sampling import NoTokenizer, chi_square_p
 
 from flashspec import ArmConfig, BanditConfig, FlashSpecConfig, SamplingConfig, SpeculativeEngine
 from flashspec.arms import DraftModelArm, PromptLookupArm
 from flashspec.models import CausalLM, Scores
 from flashspec.verify import process_logits, verify_reference
-from test_engine_sampling import NoTokenizer, chi_square_p
 
 V, M, PROMPT, FIRST = 5, 3, [0, 3, 1, 4, 2, 3], 3  # FIRST: index of the first of the two new tokens counted
 
