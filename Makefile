@@ -2,6 +2,7 @@
 #   make test         the whole suite on the CPU (what CI runs: the README's test command, after its install)
 #   make test-gpu     the suite on a CUDA machine (Triton kernels compiled, device-aware tests on the GPU,
 #                     tests/test_gpu.py), its output with the commit and device into $(GPU_LOG)
+#   make test-slow    the slow statistical tests (deselected by default): chi-squares over many generations
 #   make test-chaos   faults: a sweep killed mid-run resumes, dead workers free their GPUs, runaway code
 #                     is stopped, torn files never count, bad inputs fail with a clear error
 #   make bench-quick  a GPU smoke benchmark of about 3 minutes, fewer points (scripts/bench_gpu.py --quick)
@@ -19,10 +20,13 @@ CHAOS = tests/test_harness_sweep.py::test_killed_sweep_resumes_without_redoing_o
 	tests/test_quality_humaneval.py::test_runaway_programs_are_stopped \
 	tests/test_harness_store.py tests/test_engine_errors.py tests/test_chaos_bandits.py
 
-.PHONY: test test-gpu test-chaos bench-quick bench lint readme paper
+.PHONY: test test-slow test-gpu test-chaos bench-quick bench lint readme paper
 
 test:
 	$(PYTHON) -m pytest -n 2 -q
+
+test-slow:
+	$(PYTHON) -m pytest -n 2 -q -m slow
 
 # One file per worker (--dist loadfile): a module's models and compiled kernels are built once; -rfEs: each failure, error and skip with its reason.
 test-gpu:

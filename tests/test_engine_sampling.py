@@ -77,7 +77,7 @@ def pair_counts(engine: SpeculativeEngine, sampling: SamplingConfig) -> np.ndarr
 
 
 def chi_square_p(counts: np.ndarray, expected: np.ndarray) -> float:
-    keep = expected * DRAWS >= 5  # bins with too little mass are pooled into one
+    keep = expected * counts.sum() >= 5  # bins with too little mass are pooled into one
     f_obs = np.append(counts[keep], counts[~keep].sum())
     f_exp = np.append(expected[keep], expected[~keep].sum())
     f_obs, f_exp = f_obs[f_exp > 0], f_exp[f_exp > 0]

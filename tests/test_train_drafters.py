@@ -157,5 +157,8 @@ def test_eval_drafters_writes_its_section_of_the_readme(medusa, tmp_path):
     assert set(result["arms"]) == {"prompt_lookup", "flashspec-medusa"}
     medusa_row = result["arms"]["flashspec-medusa"]
     assert medusa_row["params"] == json.loads((medusa[0] / "config.json").read_text())["training"]["params"]
-    assert all(t >= 1 for t in medusa_row["tau"].values()) and len(medusa_row["tau"]) == 6
+    # tau: tokens per target step, at least the target's own token and at most gamma drafts more; the table shows it
+    taus = medusa_row["tau"].values()
+    assert len(taus) == 6 and all(1 <= t <= result["gamma"] + 1 for t in taus)
+    assert " | ".join(f"{t:.2f}" for t in taus) in readme
     assert "| `flashspec-medusa` | medusa |" in readme
