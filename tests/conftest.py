@@ -40,9 +40,9 @@ def device() -> torch.device:
     return torch.device("cuda" if CUDA else "cpu")
 
 
-def child_environment(**extra: str) -> dict[str, str]:
-    """This process's environment for a child process (run.py, a script), with this checkout first on
-    PYTHONPATH and the parent's PYTHONPATH kept after it: packages may come from there (the GPU image's
-    hydra does)."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+def child_environment(checkout: Path = ROOT, **extra: str) -> dict[str, str]:
+    """This process's environment for a child process (run.py, a script), with `checkout` (this one by default)
+    first on PYTHONPATH and the parent's PYTHONPATH kept after it: packages may come from there (the GPU
+    image's hydra does)."""
+    path = os.pathsep.join(p for p in (str(checkout), os.environ.get("PYTHONPATH", "")) if p)
     return os.environ | {"PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"} | extra

@@ -4,6 +4,7 @@ verifier through the engine, non-finite logits in a decoding step, and bad promp
 from functools import cache
 
 import pytest
+import torch
 from test_eos_in_step import EosTokenizer, SuccessorLM
 
 from flashspec import ArmConfig, BanditConfig, FlashSpecConfig, SamplingConfig, SpeculativeEngine
@@ -42,7 +43,14 @@ def test_bandit_scope(scope):
     assert sum(engine.selector.pulls) == (sum(steps) if scope == "run" else steps[-1])
 
 
+# A CPU target with the Triton verifier runs the kernel in Triton's interpreter, which conftest turns on only
+# where there is no CUDA; on a GPU machine tests/test_gpu.py drives the Triton verifier through the engine.
+needs_interpreter = pytest.mark.skipif(torch.cuda.is_available(), reason="the Triton verifier on a CPU target needs "
+                                       "Triton's interpreter, off where CUDA is (tests/test_gpu.py covers the GPU)")
+
+
 @pytest.mark.parametrize("sampling", [SamplingConfig(), SamplingConfig(temperature=0.8, top_k=20, seed=3)])
+@needs_interpreter
 def test_triton_verifier_through_the_engine_matches_the_reference(sampling):
     """Same seed, same uniforms: the kernel (interpreted on the CPU) commits exactly the reference's tokens."""
     outputs = {}
@@ -68,8 +76,10 @@ class GoesNonFinite(SuccessorLM):
     ("policy", "verifier", "message"),
     [
         # The kernel does not check its input (no host sync): the engine's per-step check names the problem.
-        ("fixed", "triton", "non-finite logits from the target: check its weights and dtype"),
-        ("none", "triton", "non-finite logits from the target: check its weights and dtype"),
+        pytest.param("fixed", "triton", "non-finite logits from the target: check its weights and dtype",
+                     marks=needs_interpreter),
+        pytest.param("none", "triton", "non-finite logits from the target: check its weights and dtype",
+                     marks=needs_interpreter),
         ("fixed", "reference", r"non-finite logits \(NaN or inf\) in target_logits: check the target's weights"),
     ],
 )

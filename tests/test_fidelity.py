@@ -8,11 +8,12 @@ the test checks the refusal names it. docs/models.md is the table of both.
 """
 
 import copy
+import inspect
 
 import pytest
 import torch
 import transformers
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, Phi3ForCausalLM
 
 from flashspec import ArmConfig, BanditConfig, FlashSpecConfig, SamplingConfig, SpeculativeEngine, TargetConfig
 from flashspec.arms import Arm, Draft, DraftModelArm, PromptLookupArm
@@ -171,7 +172,7 @@ class Fork(Arm):
         for chain in (c for c in chains if len(c)):
             parents += [-1, *range(start, start + len(chain) - 1)]
             start += len(chain)
-        return Draft(torch.cat(chains), parents=torch.tensor(parents, dtype=torch.long))
+        return Draft(torch.cat([c.cpu() for c in chains]), parents=torch.tensor(parents, dtype=torch.long))
 
 
 def engine(model, backend: str, max_context: int, speculative: bool) -> SpeculativeEngine:
@@ -189,8 +190,16 @@ def engine(model, backend: str, max_context: int, speculative: bool) -> Speculat
     return SpeculativeEngine(cfg, target=target(model, backend, max_context), tokenizer=tiny_tokenizer(), arms=arms)
 
 
+# Transformers 5.17's Phi-3 generate drops the cache at the longrope switch but still feeds only the last token;
+# 5.24 also resets next_sequence_length and re-encodes the sequence, which is what the engine reproduces.
+PHI3_REENCODES = "next_sequence_length" in inspect.getsource(Phi3ForCausalLM.prepare_inputs_for_generation)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_identical_to_generate(case):
+    if case == "phi3-longrope-crossing" and not PHI3_REENCODES:
+        pytest.skip(f"transformers {transformers.__version__}'s Phi-3 generate feeds one token to an emptied cache at "
+                    "the longrope switch: no exact reference to compare with (5.24 re-encodes)")
     config_class, overrides, generation, backends, max_context = CASES[case]
     model = build(config_class, overrides, generation)
     prompts = [p[: max_context - MAX_NEW] for p in PROMPTS]

@@ -2,13 +2,13 @@
 prints a results table from a copy of the repository in an empty folder (no ../shared beside it, nothing
 outside the copy on the import path)."""
 
-import os
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from conftest import child_environment
 from test_deploy import main_command, readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def copy_of_the_repository(dest: Path) -> Path:
 def test_main_command_prints_a_results_table_from_a_fresh_copy(tmp_path):
     repo = copy_of_the_repository(tmp_path / "flashspec")
     assert not (tmp_path / "shared").exists() and (repo / "flashspec" / "data" / "mt_bench.jsonl").is_file()
-    env = os.environ | {"PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = child_environment(repo)  # the copy first; the parent's PYTHONPATH after it (the GPU image's hydra)
     args = [sys.executable if arg in ("python", "python3") else arg for arg in main_command()]
     done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

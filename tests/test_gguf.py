@@ -24,11 +24,11 @@ CHAT = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}
 
 
 def tiny_llama(**overrides) -> LlamaForCausalLM:
-    """2 layers, width 64, 4 query and 2 KV heads; the vocabulary: the 256 byte symbols, "ab" and EOS."""
-    shape = dict(vocab_size=258, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    """2 layers, width 64, 4 query and 2 KV heads; the vocabulary: the 256 byte symbols, "ab", "cd" and EOS."""
+    shape = dict(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                  rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
-    config = LlamaConfig(**(shape | overrides), bos_token_id=257, eos_token_id=257)
+    config = LlamaConfig(**(shape | overrides), bos_token_id=258, eos_token_id=258)
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval()
 
@@ -61,11 +61,12 @@ def write_gguf(model: LlamaForCausalLM, path) -> None:
     w.add_vocab_size(c.vocab_size)
     # A byte-level BPE tokenizer, as SmolLM2's: every byte a symbol, and one merge.
     w.add_tokenizer_model("gpt2")
-    w.add_token_list([*bytes_to_unicode().values(), "ab", EOS])
-    w.add_token_types([1] * 257 + [3])  # normal, then control
-    w.add_token_merges(["a b"])
-    w.add_bos_token_id(257)
-    w.add_eos_token_id(257)
+    w.add_token_list([*bytes_to_unicode().values(), "ab", "cd", EOS])
+    w.add_token_types([1] * 258 + [3])  # normal, then control
+    # Two merges: transformers 5.17 reads a one-element GGUF array back as its element, a bare string.
+    w.add_token_merges(["a b", "c d"])
+    w.add_bos_token_id(258)
+    w.add_eos_token_id(258)
     w.add_chat_template(CHAT)
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])

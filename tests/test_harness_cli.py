@@ -1,20 +1,20 @@
 """run.py as a newcomer meets it: a bad input is one line on stderr and a non-zero exit, with no folder left
 behind that could pass for a result; --verbose and HYDRA_FULL_ERROR=1 show the stack."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import child_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_py(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    quiet = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    environment = quiet | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)} | (env or {})
+    quiet = {k: v for k, v in child_environment().items() if k != "HYDRA_FULL_ERROR"}
+    environment = quiet | (env or {})
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path}/run",
                            f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path, env=environment,
                           capture_output=True, text=True, timeout=300)
