@@ -1,5 +1,5 @@
 """The README's two commands are what a new user runs: CI runs the test command exactly, and the main command
-prints a results table from a copy of the repository in an empty folder (no ../shared beside it, nothing
+prints a results table from a copy of the repository in an empty folder (no shared data folder beside it, nothing
 outside the copy on the import path)."""
 
 import shlex
