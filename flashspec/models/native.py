@@ -119,7 +119,7 @@ class NativeLlama(CausalLM):
             positions = start - 1 + tree_depths(parents.cpu())
             block = tree_mask(parents.cpu())
         mask = torch.cat([torch.ones(n, start, dtype=torch.bool), block], dim=1).to(self.device)
-        positions = positions.to(self.device)
+        host_positions, positions = positions, positions.to(self.device)
         key_positions = torch.cat([torch.arange(start, device=self.device), positions])
         masks = window_masks(mask, positions, key_positions, self.windows)
         slots = torch.arange(start, start + n, device=self.device)
@@ -128,7 +128,7 @@ class NativeLlama(CausalLM):
         if start == 0:
             self.prompt_length = n
         if self.per_token_rope:
-            cos, sin = per_token_rotary(lm.rotary_emb, x, positions, self.prompt_length, self.rope_limit[1])
+            cos, sin = per_token_rotary(lm.rotary_emb, x, host_positions, self.prompt_length, self.rope_limit[1])
         else:
             cos, sin = lm.rotary_emb(x, positions[None])
         captured = None
@@ -259,10 +259,11 @@ class NativeLlama(CausalLM):
 def per_token_rotary(rotary: nn.Module, x: Tensor, positions: Tensor, prompt_length: int, limit: int):
     """cos, sin [1, n, D] of a length-dependent RoPE (dynamic, longrope) as `generate` rotates each token: with
     the frequencies of the sequence it was decoded in, the prompt for prompt tokens, its own position + 1 after
-    (`limit`: the length up to which the original frequencies hold)."""
+    (`limit`: the length up to which the original frequencies hold). `positions` on the host: reading them
+    needs no sync with the device."""
     lengths = (positions.clamp_min(prompt_length - 1) + 1).tolist()
     by_length = {s: rope_frequencies(rotary, s, limit, x.device) for s in set(lengths)}
-    freqs = positions[:, None].float() * torch.stack([by_length[s] for s in lengths])
+    freqs = positions.to(x.device)[:, None].float() * torch.stack([by_length[s] for s in lengths])
     emb = torch.cat((freqs, freqs), dim=-1)[None]
     return (emb.cos() * rotary.attention_scaling).to(x.dtype), (emb.sin() * rotary.attention_scaling).to(x.dtype)
 
