@@ -28,12 +28,12 @@ test:
 test-slow:
 	$(PYTHON) -m pytest -n 2 -q -m slow
 
-# One file per worker (--dist loadfile): a module's models and compiled kernels are built once; -rfEs: each failure, error and skip with its reason.
+# One file per worker (--dist load): a module's models and compiled kernels are built once; -rfEs: each failure, error and skip with its reason.
 test-gpu:
 	$(PYTHON) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'test-gpu needs a CUDA GPU (make test runs on the CPU)')"
 	mkdir -p $(dir $(GPU_LOG))
 	$(PYTHON) -c "import torch, triton; print('commit $(COMMIT),', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| triton', triton.__version__)" > $(GPU_LOG)
-	$(PYTHON) -m pytest -n 8 --dist loadfile -q -rfEs --durations=15 -p no:cacheprovider >> $(GPU_LOG) 2>&1 || (cat $(GPU_LOG); exit 1)
+	$(PYTHON) -m pytest -n 8 --dist load -q -rfEs --durations=15 -p no:cacheprovider >> $(GPU_LOG) 2>&1 || (cat $(GPU_LOG); exit 1)
 	cat $(GPU_LOG)
 
 test-chaos:

@@ -8,12 +8,16 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from flashspec.bench.shapes import CONTEXT, SHAPES, make_engine, prompt_ids, random_llama
-from flashspec.models.native import NativeLlama
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from flashspec.bench.shapes import CONTEXT, SHAPES, make_engine, prompt_ids, random_llama  # noqa: E402
+from flashspec.models.native import NativeLlama  # noqa: E402
 
 
 def main() -> None:
