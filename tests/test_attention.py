@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from flashspec.models.attention import decode_attention_reference, decode_attention_triton
+from flashspec.models.attention import decode_attention_reference, decode_attention_triton, tickets, tiling
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
@@ -80,6 +80,22 @@ def test_one_set_of_tensors_serves_every_length():
         positions.copy_(torch.arange(used - 3, used))
         want = decode_attention_reference(q, k, v, positions)
         assert rel_err(decode_attention_triton(q, k, v, positions), want) < 1e-5, used
+
+
+def test_the_last_split_program_combines_deterministically_and_resets_its_ticket():
+    """One launch splits and combines: the last program of each (KV head, query block) group combines the
+    splits in order, so repeated calls agree to the bit, and it sets the group's counter back to 0 (a stale
+    count would make the next call combine too early, or never)."""
+    q, k, v = inputs(9, 9, 3, 64, 512, "bfloat16", seed=7)
+    positions = torch.arange(400, 409, device=DEVICE)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count if DEVICE == "cuda" else 4
+    _, _, _, m_blocks, splits = tiling(9 * 3, 64, 3, 512, sms)
+    assert splits > 1  # the combining path, not the one-split one
+    first = decode_attention_triton(q, k, v, positions)
+    assert torch.equal(tickets(q.device, 3 * m_blocks), torch.zeros(3 * m_blocks, dtype=torch.int32, device=DEVICE))
+    assert torch.equal(decode_attention_triton(q, k, v, positions), first)
+    want = decode_attention_reference(q.float(), k.float(), v.float(), positions)
+    assert rel_err(first, want) < 1e-2
 
 
 def test_kernel_is_one_opaque_op_under_compile():

@@ -97,11 +97,13 @@ def launch_every_wrapper() -> None:
     # Decode attention (no sampling modes): the H200's 132 SMs, the dtypes, head sizes and block lengths it meets.
     from flashspec.models import attention
 
-    for dtype, dim, heads, kv_heads, n in ((torch.bfloat16, 128, 32, 8, 1), (torch.bfloat16, 64, 9, 3, 9),
-                                          (torch.float16, 128, 32, 8, 33), (torch.float32, 64, 4, 2, 5)):
+    # A 64-slot cache has one split: the program writes the output itself, without the atomic ticket.
+    cases = ((torch.bfloat16, 128, 32, 8, 1, 256), (torch.bfloat16, 64, 9, 3, 9, 256),
+             (torch.float16, 128, 32, 8, 33, 256), (torch.float32, 64, 4, 2, 5, 256), (torch.bfloat16, 64, 9, 3, 1, 64))
+    for dtype, dim, heads, kv_heads, n, span in cases:
         q = torch.randn(n, heads, dim).to(dtype)
-        k, v = (torch.randn(kv_heads, 256, dim).to(dtype) for _ in "kv")
-        attention.launch(q, k, v, torch.arange(100, 100 + n), sms=132, upcast=False)
+        k, v = (torch.randn(kv_heads, span, dim).to(dtype) for _ in "kv")
+        attention.launch(q, k, v, torch.arange(span - n, span), sms=132, upcast=False)
 
 
 def compile_launch(fn, args: tuple, kwargs: dict) -> None:
