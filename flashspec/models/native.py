@@ -31,6 +31,7 @@ from flashspec.models.fidelity import rope_limit
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 GRAPH_TOKENS = 32  # chains up to this long are decoding steps (one graph per length); longer ones: prefill
+LAYER_COMPILES = 64  # Dynamo's limit on compiled versions of the layer's code, shared by a process's models
 
 
 def is_supported(model: PreTrainedModel) -> bool:
@@ -93,7 +94,7 @@ class NativeLlama(CausalLM):
             raise ValueError(f"attention={attention!r}: use auto, triton or reference")
         self.decode_attention = IMPLEMENTATIONS[attention]
         self.compiled = graphs and (self.capture if compile is None else compile)
-        self.layer = torch.compile(self._layer) if self.compiled else self._layer
+        self.layer = compile_layer(self._layer) if self.compiled else self._layer
 
     def reset(self) -> None:
         self.length = 0  # stale entries are never attended: the mask stops at `length`
@@ -197,28 +198,33 @@ class NativeLlama(CausalLM):
         x = lm.embed_tokens(tokens)[None]
         cos, sin = lm.rotary_emb(x, positions[None])
         masks = self._window_masks(positions)
+        # The residual stream is x + delta: each layer returns its MLP's output as the next one's delta, which
+        # that layer adds inside its first norm's kernel (one fused kernel, not an add kernel per layer).
+        delta = torch.zeros_like(x)
         if self.compiled and len(tokens) > 1:  # one compiled layer for every n > 1 (n = 1 gets its own)
             windowed = ((m, 0) for m in set(masks) if m is not None)
-            for t, dim in ((x, 1), (cos, 1), (sin, 1), *windowed, (positions, 0)):
+            for t, dim in ((x, 1), (delta, 1), (cos, 1), (sin, 1), *windowed, (positions, 0)):
                 torch._dynamo.maybe_mark_dynamic(t, dim)
         captured = None
         for i, parts in enumerate(zip(lm.layers, self.fused, self.k_cache, self.v_cache, strict=True)):
             if i == self.capture_layer:
-                captured = x[0]
-            x = self.layer(*parts, x, cos, sin, masks[i], positions)
-        hidden = lm.norm(x)[0]
+                captured = (x + delta)[0]
+            x, delta = self.layer(*parts, x, delta, cos, sin, masks[i], positions)
+        hidden = lm.norm(x + delta)[0]
         return self.model.lm_head(hidden).float(), hidden, captured
 
     def _layer(
-        self, layer: nn.Module, fused: tuple, k_cache: Tensor, v_cache: Tensor, x: Tensor, cos: Tensor,
-        sin: Tensor, mask: Tensor | None, positions: Tensor,
-    ) -> Tensor:
-        """One decoder layer; a pure function of its inputs, so compiling it once serves every layer. Token i
-        sees cache slots up to positions[i] (within its window, where `mask` gives one); the slots after the
-        block hold stale entries or nothing."""
+        self, layer: nn.Module, fused: tuple, k_cache: Tensor, v_cache: Tensor, x: Tensor, delta: Tensor,
+        cos: Tensor, sin: Tensor, mask: Tensor | None, positions: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """One decoder layer on the residual stream x + delta; returns the stream after attention and the MLP's
+        output (the next layer's delta). A pure function of its inputs, so compiling it once serves every layer.
+        Token i sees cache slots up to positions[i] (within its window, where `mask` gives one); the slots
+        after the block hold stale entries or nothing."""
         attn, mlp = layer.self_attn, layer.mlp
         qkv, qkv_bias, gate_up, gate_up_bias = fused
         n = x.shape[1]
+        x = x + delta
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         q, k, v = F.linear(layer.input_layernorm(x), qkv, qkv_bias).split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(1, n, self.n_heads, self.head_dim)
@@ -234,7 +240,7 @@ class NativeLlama(CausalLM):
             out = grouped_attention(q[0], k_cache, v_cache, mask)
         x = x + attn.o_proj(out.view(1, n, -1))
         gate, up = F.linear(layer.post_attention_layernorm(x), gate_up, gate_up_bias).chunk(2, dim=-1)
-        return x + mlp.down_proj(mlp.act_fn(gate) * up)
+        return x, mlp.down_proj(mlp.act_fn(gate) * up)
 
     def _window_masks(self, positions: Tensor) -> list[Tensor | None]:
         """Per layer, None where the decode-attention kernel serves (it reads the used length off `positions`);
@@ -254,6 +260,18 @@ class NativeLlama(CausalLM):
         for cache in self.k_cache + self.v_cache:
             cache[:, dst] = cache[:, src]
         self.length = start + len(nodes)
+
+
+def compile_layer(layer):
+    """The layer compiled with static shapes. Every NativeLlama of a process shares the layer's code object, so
+    with Dynamo's automatic dynamic shapes a second model (another width, head count or cache length) would
+    get a layer recompiled with symbolic sizes, and slower kernels: on the CPU (TORCH_LOGS=recompiles) a
+    model loaded after models of other shapes, as the harness's after the bench's, recompiled with its cache
+    length, widths and head counts dynamic. Static, each model adds its own two versions (n = 1, and n > 1
+    marked dynamic), which Dynamo's default limit of 8 would cut off into eager after four models."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, LAYER_COMPILES)
+    return torch.compile(layer, dynamic=False)
 
 
 def per_token_rotary(rotary: nn.Module, x: Tensor, positions: Tensor, prompt_length: int, limit: int):
