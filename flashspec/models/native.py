@@ -94,7 +94,9 @@ class NativeLlama(CausalLM):
             raise ValueError(f"attention={attention!r}: use auto, triton or reference")
         self.decode_attention = IMPLEMENTATIONS[attention]
         self.compiled = graphs and (self.capture if compile is None else compile)
-        self.layer = compile_layer(self._layer) if self.compiled else self._layer
+        # Compiled, the step's ends (embedding and rotary; final norm and LM head) are a few fused kernels too.
+        self.layer, self.embed, self.head = (compile_layer(f) if self.compiled else f
+                                             for f in (self._layer, self._embed, self._head))
 
     def reset(self) -> None:
         self.length = 0  # stale entries are never attended: the mask stops at `length`
@@ -194,24 +196,36 @@ class NativeLlama(CausalLM):
 
     def _decode(self, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Logits, hidden states and captured layer input of the block, every shape fixed by its length."""
-        lm = self.model.model
-        x = lm.embed_tokens(tokens)[None]
-        cos, sin = lm.rotary_emb(x, positions[None])
+        dynamic = self.compiled and len(tokens) > 1  # one compiled version for every n > 1 (n = 1 gets its own)
+        if dynamic:
+            for t in (tokens, positions):
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+        x, delta, cos, sin = self.embed(tokens, positions)
         masks = self._window_masks(positions)
-        # The residual stream is x + delta: each layer returns its MLP's output as the next one's delta, which
-        # that layer adds inside its first norm's kernel (one fused kernel, not an add kernel per layer).
-        delta = torch.zeros_like(x)
-        if self.compiled and len(tokens) > 1:  # one compiled layer for every n > 1 (n = 1 gets its own)
+        if dynamic:
             windowed = ((m, 0) for m in set(masks) if m is not None)
-            for t, dim in ((x, 1), (delta, 1), (cos, 1), (sin, 1), *windowed, (positions, 0)):
+            for t, dim in ((x, 1), (delta, 1), (cos, 1), (sin, 1), *windowed):
                 torch._dynamo.maybe_mark_dynamic(t, dim)
         captured = None
-        for i, parts in enumerate(zip(lm.layers, self.fused, self.k_cache, self.v_cache, strict=True)):
+        for i, parts in enumerate(zip(self.model.model.layers, self.fused, self.k_cache, self.v_cache, strict=True)):
             if i == self.capture_layer:
                 captured = (x + delta)[0]
             x, delta = self.layer(*parts, x, delta, cos, sin, masks[i], positions)
-        hidden = lm.norm(x + delta)[0]
-        return self.model.lm_head(hidden).float(), hidden, captured
+        logits, hidden = self.head(x, delta)
+        return logits, hidden, captured
+
+    def _embed(self, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The block's embeddings, a zero delta (the residual stream is x + delta: each layer returns its MLP's
+        output as the next one's delta, which that layer adds inside its first norm's kernel, so no layer
+        needs an add kernel of its own) and the rotary cos, sin of its positions."""
+        lm = self.model.model
+        x = lm.embed_tokens(tokens)[None]
+        cos, sin = lm.rotary_emb(x, positions[None])
+        return x, torch.zeros_like(x), cos, sin
+
+    def _head(self, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = self.model.model.norm(x + delta)[0]
+        return self.model.lm_head(hidden).float(), hidden
 
     def _layer(
         self, layer: nn.Module, fused: tuple, k_cache: Tensor, v_cache: Tensor, x: Tensor, delta: Tensor,
@@ -262,16 +276,17 @@ class NativeLlama(CausalLM):
         self.length = start + len(nodes)
 
 
-def compile_layer(layer):
-    """The layer compiled with static shapes. Every NativeLlama of a process shares the layer's code object, so
-    with Dynamo's automatic dynamic shapes a second model (another width, head count or cache length) would
-    get a layer recompiled with symbolic sizes, and slower kernels: on the CPU (TORCH_LOGS=recompiles) a
-    model loaded after models of other shapes, as the harness's after the bench's, recompiled with its cache
-    length, widths and head counts dynamic. Static, each model adds its own two versions (n = 1, and n > 1
-    marked dynamic), which Dynamo's default limit of 8 would cut off into eager after four models."""
+def compile_layer(fn):
+    """`fn` (the layer, or one of the step's ends) compiled with static shapes. Every NativeLlama of a process
+    shares these methods' code objects, so with Dynamo's automatic dynamic shapes a second model (another
+    width, head count or cache length) would get them recompiled with symbolic sizes, and slower kernels: on
+    the CPU (TORCH_LOGS=recompiles) a model loaded after models of other shapes, as the harness's after the
+    bench's, recompiled its layer with the cache length, widths and head counts dynamic. Static, each model
+    adds its own two versions (n = 1, and n > 1 marked dynamic), which Dynamo's default limit of 8 would cut
+    off into eager after four models."""
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, LAYER_COMPILES)
-    return torch.compile(layer, dynamic=False)
+    return torch.compile(fn, dynamic=False)
 
 
 def per_token_rotary(rotary: nn.Module, x: Tensor, positions: Tensor, prompt_length: int, limit: int):
