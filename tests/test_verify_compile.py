@@ -103,7 +103,9 @@ def launch_every_wrapper() -> None:
     for dtype, dim, heads, kv_heads, n, span in cases:
         q = torch.randn(n, heads, dim).to(dtype)
         k, v = (torch.randn(kv_heads, span, dim).to(dtype) for _ in "kv")
-        attention.launch(q, k, v, torch.arange(span - n, span), sms=132, upcast=False)
+        cos, sin = torch.randn(2, n, dim).to(dtype)
+        for rope in ({}, {"cos": cos, "sin": sin}):  # q rotated by the caller, or as the kernel loads it
+            attention.launch(q, k, v, torch.arange(span - n, span), sms=132, upcast=False, **rope)
 
 
 def compile_launch(fn, args: tuple, kwargs: dict) -> None:

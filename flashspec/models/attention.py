@@ -32,10 +32,24 @@ PROGRAMS_PER_SM = 2  # programs of the split kernel to aim for per SM on long co
 INTERPRETER_SMS = 4  # on the CPU (Triton's interpreter): a few splits, so tests cover their combination
 
 
-def decode_attention_reference(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor) -> Tensor:
-    """q [n, H, D] at `positions` [n] over the cache [Hkv, S, D] -> [n, H, D]; row i sees slots <= positions[i]."""
+def decode_attention_reference(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, cos: Tensor | None = None,
+    sin: Tensor | None = None,
+) -> Tensor:
+    """q [n, H, D] at `positions` [n] over the cache [Hkv, S, D] -> [n, H, D]; row i sees slots <= positions[i].
+    With `cos`, `sin` [n, D] q is not rotated yet: each row is rotated first, as Hugging Face's rotary
+    embedding does (rotate_half: the second half of the head, negated, before the first)."""
+    if cos is not None:
+        q = rotated(q, cos, sin)
     mask = torch.arange(k_cache.shape[1], device=positions.device)[None, :] <= positions[:, None]
     return grouped_attention(q, k_cache, v_cache, mask)
+
+
+def rotated(q: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """q [n, H, D] rotated by cos, sin [n, D] (float32 arithmetic, one rounding: the compiled step's)."""
+    half = q.shape[-1] // 2
+    turned = torch.cat([-q[..., half:], q[..., :half]], dim=-1)
+    return (q.float() * cos[:, None].float() + turned.float() * sin[:, None].float()).to(q.dtype)
 
 
 def grouped_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tensor:
@@ -70,11 +84,11 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _decode_attention(
-    q_ptr, k_ptr, v_ptr, pos_ptr, out_ptr, acc_ptr, ml_ptr, count_ptr, n, rep, qk_scale,
+    q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, acc_ptr, ml_ptr, count_ptr, n, rep, qk_scale,
     stride_qt, stride_qh, stride_qd, stride_kh, stride_ks, stride_kd, stride_vh, stride_vs, stride_vd,
-    stride_ot, stride_oh,
+    stride_ot, stride_oh, stride_rt,
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    N_P2: tl.constexpr, SPLITS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    N_P2: tl.constexpr, SPLITS: tl.constexpr, ROPE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """One split of one KV head for BLOCK_M query rows (row = token * rep + head within the group): the
     unnormalised output, the running max (log2 units) and the softmax sum over the split's slots. The last
@@ -91,8 +105,16 @@ def _decode_attention(
     live = rows < n * rep
     pos = tl.load(pos_ptr + token, mask=live, other=-1).to(tl.int32)  # padding rows see nothing
     d = tl.arange(0, D_PAD)
-    q = tl.load(q_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :] * stride_qd,
-                mask=live[:, None] & (d[None, :] < D), other=0.0)
+    q_rows = q_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh
+    q_mask = live[:, None] & (d[None, :] < D)
+    q = tl.load(q_rows + d[None, :] * stride_qd, mask=q_mask, other=0.0)
+    if ROPE:  # rotate q here (Hugging Face's rotate_half) instead of in a kernel of its own before this one
+        turned = tl.where(d < D // 2, d + D // 2, d - D // 2)
+        sign = tl.where(d < D // 2, -1.0, 1.0)
+        q_turned = tl.load(q_rows + turned[None, :] * stride_qd, mask=q_mask, other=0.0).to(tl.float32)
+        cos = tl.load(cos_ptr + token[:, None] * stride_rt + d[None, :], mask=q_mask, other=0.0).to(tl.float32)
+        sin = tl.load(sin_ptr + token[:, None] * stride_rt + d[None, :], mask=q_mask, other=0.0).to(tl.float32)
+        q = (q.to(tl.float32) * cos + q_turned * sign[None, :] * sin).to(q_ptr.dtype.element_ty)
     k_base = k_ptr + kvh.to(tl.int64) * stride_kh
     v_base = v_ptr + kvh.to(tl.int64) * stride_vh
 
@@ -172,8 +194,14 @@ def sm_count(device: torch.device) -> int:
     return INTERPRETER_SMS
 
 
-def check_inputs(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor) -> None:
+def check_inputs(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, cos: Tensor | None = None,
+    sin: Tensor | None = None,
+) -> None:
     """One clear line for each way the kernel's inputs can be wrong (host metadata only: no device reads)."""
+    if (cos is None) != (sin is None) or cos is not None and not (cos.shape == sin.shape == (q.shape[0], q.shape[2])):
+        raise ValueError(f"cos and sin come together, each [n, D] = {(q.shape[0], q.shape[2])}: got "
+                         f"{None if cos is None else tuple(cos.shape)}, {None if sin is None else tuple(sin.shape)}")
     if q.dim() != 3 or k_cache.dim() != 3 or k_cache.shape != v_cache.shape:
         raise ValueError(f"decode attention takes q [n, H, D] and caches [Hkv, S, D] of one shape: got "
                          f"{tuple(q.shape)}, {tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
@@ -201,14 +229,21 @@ def tiling(rows: int, dim: int, kv_heads: int, span: int, sms: int) -> tuple[int
 
 
 @torch.library.custom_op("flashspec::decode_attention", mutates_args=())
-def decode_attention_triton(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor) -> Tensor:
+def decode_attention_triton(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, cos: Tensor | None = None,
+    sin: Tensor | None = None,
+) -> Tensor:
     """decode_attention_reference's result, reading only the used part of the cache (see the module doc).
     A custom op, so torch.compile calls it as one opaque op instead of tracing into the launches."""
-    check_inputs(q, k_cache, v_cache, positions)
-    return launch(q, k_cache, v_cache, positions, sm_count(q.device), upcast=q.device.type == "cpu")
+    check_inputs(q, k_cache, v_cache, positions, cos, sin)
+    return launch(q, k_cache, v_cache, positions, sm_count(q.device), upcast=q.device.type == "cpu", cos=cos,
+                  sin=sin)
 
 
-def launch(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, sms: int, upcast: bool) -> Tensor:
+def launch(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, sms: int, upcast: bool,
+    cos: Tensor | None = None, sin: Tensor | None = None,
+) -> Tensor:
     """The one launch for a device of `sms` multiprocessors; `upcast`: float32 dots (the interpreter's).
     Apart from the custom op, so tests/test_verify_compile.py can record the GPU's launches on any machine."""
     n, heads, dim = q.shape
@@ -220,13 +255,15 @@ def launch(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, sms: 
     ml = torch.empty(kv_heads, splits, m_pad, 2, dtype=torch.float32, device=q.device)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     positions = positions.contiguous()
+    rope = cos is not None
+    cos, sin = (cos.contiguous(), sin.contiguous()) if rope else (q, q)  # unread without ROPE
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     qk_scale = dim**-0.5 * 1.4426950408889634  # softmax in base 2: exp(x) = exp2(x * log2(e))
     _decode_attention[(kv_heads, splits, m_blocks)](
-        q, k_cache, v_cache, positions, out, acc, ml, tickets(q.device, kv_heads * m_blocks), n, rep, qk_scale,
-        *q.stride(), *k_cache.stride(), *v_cache.stride(), out.stride(0), out.stride(1),
+        q, k_cache, v_cache, positions, cos, sin, out, acc, ml, tickets(q.device, kv_heads * m_blocks), n, rep,
+        qk_scale, *q.stride(), *k_cache.stride(), *v_cache.stride(), out.stride(0), out.stride(1), cos.stride(0),
         D=dim, D_PAD=d_pad, M_PAD=m_pad, BLOCK_M=block_m, BLOCK_N=block_n, N_P2=triton.next_power_of_2(n),
-        SPLITS=splits, PRECISION=precision, UPCAST=upcast,
+        SPLITS=splits, ROPE=rope, PRECISION=precision, UPCAST=upcast,
         num_warps=4 if block_m <= 16 else 8, num_stages=2,  # no register spills on sm_90 (ptxas, Triton 3.9)
     )
     return out
@@ -242,7 +279,8 @@ def tickets(device: torch.device, groups: int) -> Tensor:
 
 
 @decode_attention_triton.register_fake
-def _(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor) -> Tensor:
+def _(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, cos: Tensor | None = None,
+      sin: Tensor | None = None) -> Tensor:
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
