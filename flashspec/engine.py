@@ -37,6 +37,7 @@ from flashspec.verify import (
 
 AR_CHUNK = 32  # most steps without a draft decoded between two reads of their tokens
 NO_DRAFT = Draft(torch.empty(0, dtype=torch.long))
+PENDING_PARENT = torch.tensor([-1])  # a tree block's first node, the pending token, hangs off the cache
 
 
 class SpeculativeEngine:
@@ -214,7 +215,7 @@ class SpeculativeEngine:
         block = torch.cat([pending.to(self.device, non_blocking=True), drafted.to(self.device, non_blocking=True)])
         tree = draft.parents is not None and len(draft) > 0
         # A tree block: the pending token hangs off the cache (-1), the draft's roots off the pending token.
-        parents = torch.cat([torch.tensor([-1]), draft.parents + 1]) if tree else None
+        parents = torch.cat([PENDING_PARENT, draft.parents + 1]) if tree else None
         scores = self.target.forward(block, parents)
         logits = self._process(scores.logits, context, block, parents)
         rows = None  # the block rows of the committed tokens: a prefix for a chain, else the tree's path
