@@ -274,6 +274,8 @@ def test_thresholds_beyond_the_candidates_spread_over_programs(mode: str, passes
 class _FakeCompiled(CompiledKernel):
     """A compiled kernel that records its direct launches."""
 
+    module = None  # nothing to unload
+
     def __init__(self, calls: list) -> None:  # none of CompiledKernel's state is needed
         self.calls = calls
 

@@ -826,7 +826,11 @@ class _ChainPlan:
                                                                    device=dev).split(sizes)
         sizes = [rows + 2 * b, rows * nsplit_p2, rows, rows]
         counters, part_arg, argmax, flags = torch.zeros(sum(sizes), dtype=torch.int32, device=dev).split(sizes)
-        self.batch, self.g1, self.dev, self.counters = b, g1, dev, counters
+        self.counters = counters
+        # The outputs too (allocating and slicing them took a quarter of a call's host time): each call returns
+        # the same two tensors, overwritten by the next call with this plan.
+        out = torch.empty(b * (g1 + 1), dtype=torch.int64, device=dev)
+        self.outputs = out[:b], out[b:].view(b, g1)
         temperature, top_k, top_p = shape.scalars(sampling)
         stochastic = draft_probs is not None
         # Draft lengths up to 31 share one compiled kernel (G is not specialised on either).
@@ -838,8 +842,8 @@ class _ChainPlan:
                       (part, part_arg, stats, argmax, flags, counters, cand, self.search),
                       (b, g1 - 1, temperature, top_k, top_p))
         # The threshold searches the first kernel leaves to several programs: `passes` bisection steps per stage.
-        search = common | dict(TOP_P=shape.top_p, BLOCK_S=min(t.block_search, shape.block_v), CAP=cap, P_ROW=t.pivots_row,
-                               P_CAND=t.pivots_cand, P_SEARCH=t.pivots_search, NSPLIT_P2=nsplit_p2)
+        search = common | dict(TOP_P=shape.top_p, BLOCK_S=min(t.block_search, shape.block_v), CAP=cap,
+                               P_ROW=t.pivots_row, P_CAND=t.pivots_cand, P_SEARCH=t.pivots_search, NSPLIT_P2=nsplit_p2)
         self.searches = [(Launcher(_search_kernel, (b, g1, shape.nsplit), search | dict(STAGE=stage)),
                           (stats, argmax, flags, counters, cand, self.search, pivots),
                           (g1 - 1, temperature, top_p, int(step == passes - 1)))
@@ -852,11 +856,9 @@ class _ChainPlan:
 
     def launch(self, logits: Tensor, draft_tokens: Tensor, draft_probs: Tensor | None,
                uniforms: Tensor) -> tuple[Tensor, Tensor]:
-        b = self.batch
-        out = torch.empty(b * (self.g1 + 1), dtype=torch.int64, device=self.dev)
-        n_accepted, tokens = out[:b], out[b:].view(b, self.g1)
+        n_accepted, tokens = self.outputs
         inputs = (logits, draft_tokens, logits if draft_probs is None else draft_probs, uniforms)
-        ok = aligned(out, *inputs)
+        ok = aligned(*inputs)
         kernel, workspace, args = self.first
         kernel(ok, *inputs, n_accepted, tokens, *workspace, *args)
         for kernel, workspace, args in self.searches:
@@ -883,10 +885,12 @@ def verify_triton(
     target_logits: Tensor, draft_tokens: Tensor, draft_probs: Tensor | None, sampling, uniforms: Tensor,
     tuning: Tuning | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """`verify_reference` in one kernel launch (greedy) or two (sampled). Inputs are checked the first time a
-    shape, dtype, sampling and tuning come (then cached); non-finite logits are the caller's check. No host
-    sync: the call can be captured in a CUDA graph once that combination has run outside it. Calls on one
-    device share a workspace: keep them on one stream."""
+    """`verify_reference` in one kernel launch (greedy) or two (sampled; more when a top-k / top-p threshold
+    lies beyond the candidates, Tuning.search_passes). Inputs are checked the first time a shape, dtype,
+    sampling and tuning come (then cached); non-finite logits are the caller's check. No host sync: the call
+    can be captured in a CUDA graph once that combination has run outside it. Calls on one device share a
+    workspace: keep them on one stream. The returned tensors are the plan's own, overwritten by the next call
+    with the same shapes, dtypes, sampling and tuning: read (or clone) them before that."""
     key = plan_key(sampling, tuning, target_logits, draft_tokens, draft_probs, uniforms)
     plan = _CHAIN_PLANS.get(key)
     if plan is None:
