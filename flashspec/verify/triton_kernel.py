@@ -6,8 +6,9 @@ top-p threshold and runs the acceptance test of that row's draft; the last row o
 finds the first rejection and samples the residual (or bonus) token by inverse CDF. "Last to finish"
 needs no grid-wide barrier, so any grid size is safe, and the interpreter (sequential programs) runs it.
 
-Thresholds are exact: multi-way bisection over logit values, each step snapped to actual logits, first by
-passes over the row, then over the few candidates left, in registers.
+Thresholds are exact: among each chunk's largest logits when they hold them; else multi-way bisection over
+logit values, each step snapped to actual logits, first across the row's chunks (_search_kernel, one launch
+a step), then over the few logits left, in registers.
 
 Non-finite logits are the caller's check (the engine folds it into its one host sync per step).
 """
