@@ -76,7 +76,7 @@ def launch_every_wrapper() -> None:
     greedy, t1 = SamplingConfig(), SamplingConfig(1.0)
     top_k, top_p, both = SamplingConfig(1.0, top_k=50), SamplingConfig(0.8, top_p=0.9), SamplingConfig(0.7, 20, 0.8)
     g = torch.Generator().manual_seed(0)
-    # (vocab, batch, gamma or tree size, sampling, stochastic draft): gamma 1 and size 1 are specialised apart
+    # (vocab, batch, gamma or tree size, sampling, stochastic draft): tree size 1 is specialised apart
     chains = [(128256, 1, 4, greedy, False), (128256, 2, 1, greedy, True), (128256, 1, 4, t1, False),
               (128256, 1, 4, t1, True), (128256, 2, 8, top_k, True), (128256, 1, 3, top_p, False),
               (128256, 2, 8, both, True), (1000, 1, 4, greedy, False), (1000, 2, 2, top_p, True)]
@@ -119,6 +119,11 @@ def compile_launch(fn, args: tuple, kwargs: dict) -> None:
     backend = make_backend(target)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
+    # The verifier's direct launches (triton_kernel.Launcher: every constexpr given) pass the parameters so.
+    tail = fn.arg_names[len(args):]
+    if all(name in kwargs for name in tail):
+        direct = (*args, *(kwargs[name] for name in tail))
+        assert all(a is b for a, b in zip(direct, bound.values(), strict=True)), "direct launch out of order"
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
     triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
 
