@@ -245,10 +245,11 @@ class SpeculativeEngine:
             for _ in range(n):
                 scores = self.target.forward(token)
                 _, sampled = self._verify(scores.logits, NO_DRAFT, sampling, generator)
-                tokens.append(sampled)
                 finite.append(torch.isfinite(scores.logits).all().view(1))
-                # Non-finite logits may sample any id; the read-back below raises before it is kept.
+                # A new tensor: the verifier's output buffer is the next call's. Non-finite logits may sample
+                # any id; the read-back below raises before it is kept.
                 token = sampled.clamp(0, self.target.vocab_size - 1)
+                tokens.append(token)
             values = torch.cat(tokens + finite).tolist()  # the chunk's only host-device synchronisation
             for value, ok in zip(values[:n], values[n:], strict=True):
                 check_finite(ok)

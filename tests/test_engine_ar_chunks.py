@@ -16,13 +16,13 @@ PROMPT = "the cat sat on the mat"
 
 
 @cache
-def engine() -> SpeculativeEngine:
-    return SpeculativeEngine(FlashSpecConfig(bandit=BanditConfig("none")))
+def engine(verifier: str = "auto") -> SpeculativeEngine:
+    return SpeculativeEngine(FlashSpecConfig(bandit=BanditConfig("none"), verifier=verifier))
 
 
-def generate(chunk: int, *args, eos: set[int] = frozenset(), **kwargs) -> tuple:
+def generate(chunk: int, *args, eos: set[int] = frozenset(), verifier: str = "auto", **kwargs) -> tuple:
     """Output and bookkeeping of one request, `chunk` = 0: the step-by-step path; and the cache's length."""
-    ar = engine()
+    ar = engine(verifier)
     ar.ar_chunk, saved = chunk, ar.eos_ids
     ar.eos_ids = saved | eos
     try:
@@ -51,6 +51,13 @@ def test_chunks_commit_the_step_by_step_tokens(mode, new):
     assert generate(32, PROMPT, new, SAMPLINGS[mode]) == want
     assert generate(3, PROMPT, new, SAMPLINGS[mode]) == want  # chunks of 3: every read-back in a new place
     assert len(want[0]) == new and want[-1] == want[-2] + new - 1  # the cache holds all but the pending token
+
+
+@pytest.mark.parametrize("mode", ["greedy", "t1"])
+def test_chunks_through_the_triton_verifier_keep_every_token(mode):
+    """The Triton verifier reuses its output buffers call after call: a chunk must keep its own tokens."""
+    want = generate(0, PROMPT, 23, SAMPLINGS[mode], verifier="triton")
+    assert generate(32, PROMPT, 23, SAMPLINGS[mode], verifier="triton") == want
 
 
 @pytest.mark.parametrize("mode", list(SAMPLINGS))
