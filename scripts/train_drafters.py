@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-budget-s", type=float, default=None,
                         help="training seconds per drafter, replacing the preset's (data and evaluation come on top)")
-    parser.add_argument("--plain-prompts", action="store_true",
-                        help="continue bare corpus windows, not chat prompts (the default where the target's "
-                        "tokenizer has a chat template)")
+    parser.add_argument("--prompts", choices=("chat", "plain"), default=None,
+                        help="chat: the corpus windows as user turns in the target's chat template (where it has "
+                        "one); plain: bare windows (default: the preset's, chat except for tiny)")
     parser.add_argument("--tau-prompts", type=int, default=None,
                         help="held-out prompts for the quick tau afterwards (default: the preset's; 0: skip it)")
     parser.add_argument("--tau-new-tokens", type=int, default=64)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.monotonic()
     try:
         data = feature_drafters.distill(args.target, args.preset, args.device, args.seed,
-                                        chat=False if args.plain_prompts else None)
+                                        chat=None if args.prompts is None else args.prompts == "chat")
     except ValueError as err:  # an unknown target or too little corpus: one line, no traceback
         parser.error(str(err))
     records = {}
