@@ -21,7 +21,7 @@ from flashspec.drafters.shared_head import hf_model
 from flashspec.models import NativeLlama, load_hf
 from flashspec.models.tiny import HIDDEN, tiny_tokenizer
 from flashspec.train import corpus, eagle, feature_drafters, streaming
-from flashspec.train.distill import corpus_prompts
+from flashspec.train.distill import INSTRUCTIONS, MIN_WINDOW, chat_frame, chat_prompts, corpus_prompts
 from flashspec.train.feature_drafters import FitConfig, fit
 
 MAX_BYTES = 5 << 20
@@ -200,6 +200,25 @@ def test_corpus_prompts_are_reproducible_windows_of_real_text(monkeypatch):
     assert not torch.equal(a, corpus_prompts(tokenizer, 8, 32, seed=6, max_mb=0.05))
     text = tokenizer.decode(a[0])
     assert sum(c.isprintable() or c.isspace() for c in text) > 0.9 * len(text)
+
+
+def test_chat_prompts_wrap_corpus_windows_in_the_chat_template():
+    """Each prompt: the chat template's opening, an instruction (cycling), a contiguous window of the stream, the
+    template's generation prompt; all rows one length, raised where the template leaves too little room."""
+    tokenizer = tiny_tokenizer()
+    stream = torch.arange(10_000)  # ids stand for themselves: a window is a run of consecutive numbers
+    frames = [chat_frame(tokenizer, instruction) for instruction in INSTRUCTIONS]
+    shortest = MIN_WINDOW + max(len(before) + len(after) for before, after in frames)
+    prompts = chat_prompts(tokenizer, stream, 2 * len(INSTRUCTIONS), 16, seed=1)
+    assert prompts.shape == (2 * len(INSTRUCTIONS), shortest)
+    for i, row in enumerate(prompts.tolist()):
+        before, after = frames[i % len(frames)]
+        assert row[: len(before)] == before and row[len(row) - len(after):] == after
+        window = row[len(before): len(row) - len(after)]
+        assert len(window) >= MIN_WINDOW and window == list(range(window[0], window[0] + len(window)))
+    assert INSTRUCTIONS[1] in tokenizer.decode(frames[1][0]) and "assistant" in tokenizer.decode(frames[1][1])
+    assert chat_prompts(tokenizer, stream, 3, shortest + 40, seed=1).shape == (3, shortest + 40)
+    assert torch.equal(prompts, chat_prompts(tokenizer, stream, 2 * len(INSTRUCTIONS), 16, seed=1))
 
 
 def test_cli_names_unknown_drafters(capsys):

@@ -26,7 +26,7 @@ class DraftShape:
 SHAPES = {
     "tiny": DraftShape(layers=1, lr=3e-3),
     "cpu": DraftShape(layers=1, lr=5e-4),
-    "h100": DraftShape(layers=2, lr=3e-4),
+    "h100": DraftShape(layers=2, lr=5e-4),
 }
 
 

@@ -37,8 +37,8 @@ class FitConfig:
     eval_prompts: int = 4  # prompts of the held-out files, made the same way, for a quick tau afterwards
 
 
-# h100: 4096 windows, generated 2048 at a time (one greedy, one sampled generate of 160 tokens): the data for
-# every drafter of scripts/train_drafters.py is made once, in seconds for a 135M target.
+# h100: 4096 windows, generated 2048 at a time (one greedy, one sampled generate of 160 tokens), made once for
+# every drafter of a scripts/train_drafters.py run: the whole run is meant to fit in 4 minutes on one GPU.
 FIT = {
     "tiny": FitConfig(seq_len=48, windows=96, heldout=16, batch_size=8, lr=3e-3, max_steps=150,
                       time_budget_s=20, chat=False),
