@@ -5,7 +5,7 @@ the self-distillation data made once for all of them; then a quick greedy tau of
 prompts goes to OUT/tau.json and OUT/tau.md (flashspec/train/tau.py).
 
     python scripts/train_drafters.py --target $FLASHSPEC_CACHE/smollm2-135m-instruct \\
-        --drafters draft,medusa,eagle,streaming --preset h100 --time-budget-s 40 --out results/models/smollm2
+        --drafters draft,medusa,eagle,streaming --preset h100 --time-budget-s 30 --out results/models/smollm2
     python scripts/train_drafters.py --target results/models/flashspec-target \\
         --drafters medusa,eagle,streaming --preset h100 --out results/models          # one GPU
     python scripts/train_drafters.py --target tiny --drafters medusa --preset tiny --out /tmp/drafters   # CPU
