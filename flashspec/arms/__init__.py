@@ -7,13 +7,14 @@ from dataclasses import replace
 from transformers import PreTrainedTokenizerBase
 
 from flashspec.arms.base import Arm, Draft
-from flashspec.arms.draft_model import DraftModelArm
+from flashspec.arms.draft_model import DraftModelArm, build_shared_head_draft
 from flashspec.arms.eagle import EagleArm, build_eagle
 from flashspec.arms.layer_skip import build_layer_skip
 from flashspec.arms.medusa import MedusaArm, build_medusa
 from flashspec.arms.prompt_lookup import PromptLookupArm
 from flashspec.arms.streaming import StreamingArm, build_streaming
 from flashspec.config import ArmConfig, TargetConfig
+from flashspec.drafters.shared_head import is_shared_head
 from flashspec.models import CausalLM, load_model
 
 __all__ = [
@@ -37,6 +38,8 @@ def build_arm(cfg: ArmConfig, target: CausalLM, tokenizer: PreTrainedTokenizerBa
     if cfg.kind == "draft_model":
         if not cfg.model:
             raise ValueError("arm kind draft_model needs `model`: a path, hub id or 'tiny-draft'")
+        if is_shared_head(cfg.model):
+            return build_shared_head_draft(cfg, target)
         draft_cfg = replace(target_cfg, model=cfg.model, device_map=None)
         model, draft_tokenizer = load_model(cfg.model, draft_cfg)
         check_same_tokenizer(tokenizer, draft_tokenizer, cfg.model)

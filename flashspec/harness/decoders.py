@@ -14,6 +14,7 @@ from dataclasses import asdict
 import torch
 
 from flashspec.config import FlashSpecConfig, SamplingConfig
+from flashspec.drafters.shared_head import hf_model, is_shared_head
 from flashspec.engine import SpeculativeEngine, eos_token_ids
 from flashspec.harness.schema import RunConfig, baseline_config, engine_config, gammas
 from flashspec.metrics import GenerationResult
@@ -48,7 +49,7 @@ class FlashSpecDecoder:
 class HFDecoder:
     def __init__(self, cfg: RunConfig) -> None:
         self.model, self.tokenizer = load_hf(cfg.target.model, cfg.target)
-        self.kwargs = hf_kwargs(cfg, self.tokenizer)
+        self.kwargs = hf_kwargs(cfg, self.tokenizer, self.model)
         self.eos = eos_token_ids(self.tokenizer, self.model)
         self.device, self.seed = cfg.target.device, cfg.sampling.seed
 
@@ -75,7 +76,7 @@ class HFDecoder:
         """`generate` keeps nothing between calls (the assistant's length schedule is constant)."""
 
 
-def hf_kwargs(cfg: RunConfig, tokenizer) -> dict:
+def hf_kwargs(cfg: RunConfig, tokenizer, model) -> dict:
     """`generate` arguments matching the run's sampling, cache and drafter settings."""
     s: SamplingConfig = cfg.sampling
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -85,7 +86,11 @@ def hf_kwargs(cfg: RunConfig, tokenizer) -> dict:
     if cfg.method.cache_implementation:
         kwargs["cache_implementation"] = cfg.method.cache_implementation
     if cfg.method.assistant:
-        kwargs["assistant_model"], _ = load_hf(cfg.draft_model, cfg.target)
+        # A shared-head draft (flashspec/drafters/shared_head.py) becomes a whole model on the target's tensors.
+        if is_shared_head(cfg.draft_model):
+            kwargs["assistant_model"] = hf_model(cfg.draft_model, model)
+        else:
+            kwargs["assistant_model"], _ = load_hf(cfg.draft_model, cfg.target)
         kwargs |= {"num_assistant_tokens": gammas(cfg)[0], "num_assistant_tokens_schedule": "constant"}
     if cfg.method.prompt_lookup:
         kwargs["prompt_lookup_num_tokens"] = gammas(cfg)[0]

@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 
 from flashspec.drafters.eagle import EagleHead, head_config, save_eagle
 from flashspec.train.distill import target_hidden
-from flashspec.train.feature_drafters import train_drafter
+from flashspec.train.feature_drafters import Distilled, train_drafter
 
 NOISE = 0.1  # EAGLE's U(-0.1, 0.1) feature augmentation
 CLS_WEIGHT = 0.1
@@ -49,7 +49,7 @@ def eagle_loss(head: EagleHead, target: PreTrainedModel, states: Tensor, generat
 
 
 def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: str | None = None,
-          seed: int = 0, time_budget_s: float | None = None) -> dict:
+          seed: int = 0, time_budget_s: float | None = None, data: Distilled | None = None) -> dict:
     """Train an EAGLE head for the target at `target_path` into `out_dir` (for `time_budget_s` seconds,
     default the preset's); returns the training record."""
     def make(target: PreTrainedModel):
@@ -59,4 +59,4 @@ def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: s
                 lambda path, record, _: save_eagle(path, head, target.config, record))
 
     return train_drafter("eagle", make, target_path, str(out_dir), preset, device, seed,
-                         time_budget_s=time_budget_s)
+                         time_budget_s=time_budget_s, data=data)

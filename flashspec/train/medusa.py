@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 
 from flashspec.drafters.medusa import MedusaHeads, save_medusa
 from flashspec.train.distill import target_hidden
-from flashspec.train.feature_drafters import FIT, train_drafter
+from flashspec.train.feature_drafters import FIT, Distilled, train_drafter
 
 DECAY = 0.8  # Medusa's weight decay over the heads: later heads are harder and matter less
 RANKS = 8  # candidates per head whose accuracy shapes the tree
@@ -75,7 +75,7 @@ def rank_accuracy(heads: MedusaHeads, hidden: Tensor, batch_size: int) -> list[l
 
 
 def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: str | None = None,
-          seed: int = 0, time_budget_s: float | None = None) -> dict:
+          seed: int = 0, time_budget_s: float | None = None, data: Distilled | None = None) -> dict:
     """Train Medusa heads for the target at `target_path` into `out_dir` (for `time_budget_s` seconds, default
     the preset's train_s); returns the training record."""
     if preset not in SHAPES:
@@ -94,4 +94,4 @@ def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: s
 
     budget = shape.train_s if time_budget_s is None else time_budget_s
     return train_drafter("medusa", make, target_path, str(out_dir), preset, device, seed, lr=shape.lr,
-                         time_budget_s=budget, extra={"heads": shape.heads, "rank": shape.rank})
+                         time_budget_s=budget, extra={"heads": shape.heads, "rank": shape.rank}, data=data)
