@@ -8,6 +8,8 @@ model.safetensors), loadable as ArmConfig(kind=<kind>, model=OUT/flashspec-<kind
         --drafters medusa,streaming --preset cpu --time-budget-s 780 --out results/models   # ~15 min each
 
 Each kind's trainer is flashspec/train/<kind>.py: train(target_path, out_dir, preset, device, seed) -> record.
+`--format medusa,eagle` writes those kinds in their authors' layouts instead (Medusa-1's, EAGLE-1/2's), to
+OUT/official-<kind>/, which their code and our arms both load (docs/baselines.md).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 KINDS = ("medusa", "eagle", "streaming")
+OFFICIAL = ("medusa", "eagle")  # kinds whose authors' layout --format can write
 PRESETS = ("tiny", "cpu", "h100")  # tiny: a CPU test; cpu: 10 minutes on two cores; h100: one GPU
 
 
@@ -38,7 +41,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-budget-s", type=float, default=None,
                         help="training seconds per drafter, replacing the preset's (data and evaluation come on top)")
+    parser.add_argument("--format", default="", help=f"comma-separated kinds from {', '.join(OFFICIAL)} to write "
+                        "in their authors' layout (default: ours)")
     args = parser.parse_args(argv)
+    official = {k.strip() for k in args.format.split(",") if k.strip()}
+    if official - set(OFFICIAL):
+        parser.error(f"--format {args.format!r}: choose from {', '.join(OFFICIAL)}")
     kinds = [k.strip() for k in args.drafters.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown or not kinds:
@@ -50,8 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
     records = {}
     for kind in kinds:
         trainer = importlib.import_module(f"flashspec.train.{kind}")
-        records[kind] = trainer.train(args.target, args.out / f"flashspec-{kind}", args.preset, args.device,
-                                      args.seed, args.time_budget_s)
+        layout = {"official": True} if kind in official else {}
+        out = args.out / (f"official-{kind}" if layout else f"flashspec-{kind}")
+        records[kind] = trainer.train(args.target, out, args.preset, args.device, args.seed, args.time_budget_s,
+                                      **layout)
     print(json.dumps({k: {m: r[m] for m in ("params", "steps", "heldout_loss", "wall_time_s") if m in r}
                       for k, r in records.items()}, indent=2))
     return records
