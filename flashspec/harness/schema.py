@@ -235,8 +235,9 @@ def effective(cfg: RunConfig) -> dict:
     out = {k: v for k, v in asdict(cfg).items() if k not in drafters}
     if cfg.threads is None:  # the default: runs made before the setting existed keep their hashes
         del out["threads"]
+    del out["method"]["python"]  # where the authors' environment lives changes nothing measured
     if cfg.method.backend != "official":  # runs made before the backend existed keep their hashes
-        for key in ("official", "python", "drafter", "official_args"):
+        for key in ("official", "drafter", "official_args"):
             del out["method"][key]
     if cfg.method.backend in ("hf_generate", "official"):
         del out["bandit"], out["verifier"], out["arms"]
