@@ -13,7 +13,8 @@ prompts goes to OUT/tau.json and OUT/tau.md (flashspec/train/tau.py).
         --drafters medusa,streaming --preset cpu --time-budget-s 780 --out results/models   # ~15 min each
 
 Each kind's trainer is flashspec/train/<kind>.py: train(target_path, out_dir, preset, device, seed,
-time_budget_s, data) -> record.
+time_budget_s, data) -> record. `--format medusa,eagle` writes those kinds in their authors' layouts instead
+(Medusa-1's, EAGLE-1/2's), to OUT/official-<kind>/, which their code and our arms both load (docs/baselines.md).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from flashspec.train import feature_drafters, tau  # noqa: E402
 
 KINDS = ("draft", "medusa", "eagle", "streaming")
 ARM_KINDS = {"draft": "draft_model"}  # the arm that loads a kind's folder, where its name differs
+OFFICIAL = ("medusa", "eagle")  # kinds whose authors' layout --format can write
 PRESETS = ("tiny", "cpu", "h100")  # tiny: a CPU test; cpu: 10 minutes on two cores; h100: one GPU
 
 
@@ -56,7 +58,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tau-prompts", type=int, default=None,
                         help="held-out prompts for the quick tau afterwards (default: the preset's; 0: skip it)")
     parser.add_argument("--tau-new-tokens", type=int, default=64)
+    parser.add_argument("--format", default="", help=f"comma-separated kinds from {', '.join(OFFICIAL)} to write "
+                        "in their authors' layout (default: ours)")
     args = parser.parse_args(argv)
+    official = {k.strip() for k in args.format.split(",") if k.strip()}
+    if official - set(OFFICIAL):
+        parser.error(f"--format {args.format!r}: choose from {', '.join(OFFICIAL)}")
     kinds = [k.strip() for k in args.drafters.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown or not kinds:
@@ -74,11 +81,13 @@ def main(argv: list[str] | None = None) -> dict:
                                         chat=None if args.prompts is None else args.prompts == "chat")
     except ValueError as err:  # an unknown target or too little corpus: one line, no traceback
         parser.error(str(err))
-    records = {}
+    records, folders = {}, {}
     for kind in kinds:
         trainer = importlib.import_module(f"flashspec.train.{kind}")
-        records[kind] = trainer.train(args.target, args.out / f"flashspec-{kind}", args.preset, args.device,
-                                      args.seed, args.time_budget_s, data=data)
+        layout = {"official": True} if kind in official else {}
+        out = folders[kind] = args.out / (f"official-{kind}" if layout else f"flashspec-{kind}")
+        records[kind] = trainer.train(args.target, out, args.preset, args.device, args.seed, args.time_budget_s,
+                                      data=data, **layout)
     print(json.dumps({k: {m: r[m] for m in ("params", "steps", "heldout_loss", "wall_time_s") if m in r}
                       for k, r in records.items()}, indent=2))
     n_tau = feature_drafters.FIT[args.preset].eval_prompts if args.tau_prompts is None else args.tau_prompts
@@ -87,11 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
         prompts = data.eval_prompts[:n_tau].tolist()
         del data  # the float32 target and its windows: tau loads the target as the study does
         arms = {"prompt_lookup": ArmConfig(kind="prompt_lookup"),
-                **{f"flashspec-{k}": ArmConfig(kind=ARM_KINDS.get(k, k), model=str(args.out / f"flashspec-{k}"))
-                   for k in kinds}}
+                **{folders[k].name: ArmConfig(kind=ARM_KINDS.get(k, k), model=str(folders[k])) for k in kinds}}
         record = {"command": " ".join(["python", *sys.argv]) if argv is None else "main(" + " ".join(argv) + ")",
                   "tau": tau.measure(args.target, arms, prompts, device, max_new=args.tau_new_tokens),
-                  "drafters": {f"flashspec-{k}": r for k, r in records.items()},
+                  "drafters": {folders[k].name: r for k, r in records.items()},
                   "wall_time_s": round(time.monotonic() - t0, 1)}
         tau.write_record(args.out, record)
         print((args.out / "tau.md").read_text(), flush=True)

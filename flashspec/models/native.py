@@ -51,6 +51,7 @@ class Step:
 
 
 class NativeLlama(CausalLM):
+    captured: tuple[int, ...] = ()  # the layers whose inputs Scores.layer_hidden holds (set_capture_layer)
     supports_tree = True
 
     def __init__(
@@ -101,12 +102,15 @@ class NativeLlama(CausalLM):
     def reset(self) -> None:
         self.length = 0  # stale entries are never attended: the mask stops at `length`
 
-    def set_capture_layer(self, layer: int | None) -> None:
-        """Return the residual stream entering `layer` as Scores.layer_hidden from every forward."""
-        if layer is not None and not 0 <= layer < len(self.model.model.layers):
-            last = len(self.model.model.layers) - 1
+    def set_capture_layer(self, layer: int | tuple[int, ...] | None) -> None:
+        """Return the residual stream entering `layer` as Scores.layer_hidden from every forward; several
+        layers (EAGLE-3's low, middle and high features): their inputs side by side, [n, len(layers) * D]."""
+        layers = (layer,) if isinstance(layer, int) else tuple(layer or ())
+        last = len(self.model.model.layers) - 1
+        if any(not 0 <= i <= last for i in layers):
             raise ValueError(f"capture_layer={layer}: the model has layers 0 to {last}")
         self.capture_layer = layer
+        self.captured = layers
         self.steps.clear()  # graphs captured before do not write the new output
 
     @torch.inference_mode()
@@ -134,15 +138,16 @@ class NativeLlama(CausalLM):
             cos, sin = per_token_rotary(lm.rotary_emb, x, host_positions, self.prompt_length, self.rope_limit[1])
         else:
             cos, sin = lm.rotary_emb(x, positions[None])
-        captured = None
+        captured = []
         for i, layer in enumerate(lm.layers):
-            if i == self.capture_layer:
-                captured = x[0]
+            if i in self.captured:
+                captured.append(x[0])
             x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, slots, masks[i])
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         hidden = lm.norm(x)[0]
         self.length = start + n
-        return Scores(self.model.lm_head(hidden).float(), hidden, captured)
+        layer_hidden = torch.cat(captured, -1) if captured else None
+        return Scores(self.model.lm_head(hidden).float(), hidden, layer_hidden)
 
     def _attention(
         self, i: int, attn, x: Tensor, cos: Tensor, sin: Tensor, slots: Tensor, mask: Tensor
@@ -206,13 +211,13 @@ class NativeLlama(CausalLM):
             windowed = ((m, 0) for m in set(masks) if m is not None)
             for t, dim in ((x, 1), (delta, 1), (cos, 1), (sin, 1), *windowed):
                 torch._dynamo.maybe_mark_dynamic(t, dim)
-        captured = None
+        captured = []
         for i, parts in enumerate(zip(self.model.model.layers, self.fused, self.k_cache, self.v_cache, strict=True)):
-            if i == self.capture_layer:
-                captured = (x + delta)[0]
+            if i in self.captured:
+                captured.append((x + delta)[0])
             x, delta = self.layer(*parts, x, delta, cos, sin, masks[i], positions)
         logits, hidden = self.head(x, delta)
-        return logits, hidden, captured
+        return logits, hidden, torch.cat(captured, -1) if captured else None
 
     def _embed(self, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The block's embeddings, a zero delta (the residual stream is x + delta: each layer returns its MLP's
