@@ -767,6 +767,9 @@ def no_capture(device: torch.device, name: str) -> None:
                          "and sampling before capturing (a warm-up run)")
 
 
+DIRECT_LAUNCH = False  # Triton 3.6 on the H200: the compiled kernel's launch raised IndexError (args)
+
+
 class Launcher:
     """One kernel's launches for one plan, whose grid and compile-time constants are fixed. The first launch
     goes through Triton's JIT (`kernel[grid](...)`), which binds and specialises every argument, builds a cache
@@ -787,7 +790,7 @@ class Launcher:
             self.direct(*args, *self.tail)
             return
         compiled = self.kernel[self.grid](*args, **self.constants)
-        if aligned and isinstance(compiled, CompiledKernel):
+        if DIRECT_LAUNCH and aligned and isinstance(compiled, CompiledKernel):
             self.tail = tuple(self.constants[name] for name in self.kernel.arg_names[len(args):])
             self.direct = compiled[self.grid]
 
