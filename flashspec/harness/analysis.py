@@ -57,7 +57,7 @@ def label(row: pd.Series, with_gamma: bool = True) -> str:
     if row["bandit"] == "fixed":
         name = f"fixed {row['fixed_arm']}"
     else:  # a policy that learns across prompts (scope=run) is another method than one reset per prompt
-        across = " across prompts" if row.get("bandit_scope") == "run" else ""
+        across = {"run": " across prompts", "carry": " carried across prompts"}.get(row.get("bandit_scope"), "")
         name = f"{row['bandit']}{across} ({row['arm_set']})"
     return f"{name}, γ={row['gamma']}" if with_gamma else name
 
