@@ -330,8 +330,7 @@ class SpeculativeEngine:
         if reward == "accepted_tokens":
             return emitted / (max(g for _, g in self.pairs) + 1)
         if reward == "cost_model":  # the same tokens give the same reward, however busy the machine
-            rate = emitted / self.costs.step_seconds(k, drafted)
-            return min(1.0, rate / self.costs.best_rate([g for _, g in self.pairs]))
+            return self.costs.reward(k, emitted, drafted, [g for _, g in self.pairs])
         rate = emitted / max(seconds, 1e-9)
         self.best_rate = max(self.best_rate, rate)
         return rate / self.best_rate
@@ -341,10 +340,7 @@ class SpeculativeEngine:
         if self.selector is None:
             return
         bandit = self.config.bandit
-        if bandit.scope == "request":
-            self.selector.reset()
-        elif bandit.scope == "carry":
-            self.selector.carry_over(bandit.decay)
+        self.selector.begin_request(bandit.scope, bandit.decay)
         if bandit.reward == "cost_model" and self.costs is None:
             self.costs = self.calibrate_costs()
             log.info("bandit cost model (seconds, measured on this machine): %s", json.dumps(asdict(self.costs)))

@@ -63,6 +63,13 @@ class Selector(ABC):
         self._observed = [0] * self.n_arms
         self._reward_sums = [0.0] * self.n_arms
 
+    def begin_request(self, scope: str, decay: float) -> None:
+        """What a new request keeps (bandit.scope): nothing (request), everything (run), or a fraction (carry)."""
+        if scope == "request":
+            self.reset()
+        elif scope == "carry":
+            self.carry_over(decay)
+
     def carry_over(self, keep: float) -> None:
         """Between requests (bandit.scope=carry): keep a fraction `keep` of the evidence, so what one request
         taught the next is trusted less, and an arm that stopped paying regains its exploration."""

@@ -46,19 +46,24 @@ class CostModel:
         that maps rates into [0, 1])."""
         return max((g + 1) / self.step_seconds(k, g) for k, g in enumerate(gammas))
 
+    def reward(self, k: int, emitted: int, drafted: int, gammas: list[int]) -> float:
+        """bandit.reward=cost_model: the step's tokens per cost-model second, over the best conceivable rate."""
+        return min(1.0, emitted / self.step_seconds(k, drafted) / self.best_rate(gammas))
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path, arms: list[str]) -> CostModel:
-        """A table written by `save` (e.g. by an earlier run's calibration); its arms must be the engine's."""
+    def load(cls, path: str | Path, arms: list[str] | None = None) -> CostModel:
+        """A table written by `save` (e.g. by an earlier run's calibration); its arms must be `arms` if given
+        (the engine's)."""
         try:
             model = cls(**json.loads(Path(path).read_text()))
         except (OSError, ValueError, TypeError) as err:
             raise ValueError(f"bandit.costs={path}: not a readable cost table ({err}); give the path of a "
                              "costs.json written by a calibration, or null to measure one") from err
-        if model.arms != arms:
+        if arms is not None and model.arms != arms:
             raise ValueError(f"bandit.costs={path}: its arms {model.arms} are not this engine's {arms}: "
                              "calibrate for these arms and gammas, or give bandit.costs=null")
         return model

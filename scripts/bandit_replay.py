@@ -1,0 +1,97 @@
+"""The bandit study replayed on recorded drafts (flashspec/harness/replay.py): exact, seed-complete and free of
+the wall clock's noise, timed by the cost model.
+
+    python scripts/bandit_replay.py collect results/cpu/bandit_study/replay [--shard 0/2] [overrides...]
+    python scripts/bandit_replay.py simulate results/cpu/bandit_study/replay
+
+`collect` builds the engine and prompts of experiment=bandit_study (plus any Hydra overrides, e.g.
+dataset.limit=32), measures the cost model once (costs.json, or reads it) and writes every prompt's outcomes
+(outcomes-<shard>.jsonl); `--shard i/n` takes every n-th prompt from the i-th, so n processes share the work.
+`simulate` plays every fixed pair, the per-step oracle and the study's policies over all seeds, writes
+results.csv and trace.csv.gz beside them, and the report (scripts/bandit_report.py) into <folder>/report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from flashspec.bandit.cost import CostModel
+from flashspec.engine import SpeculativeEngine
+from flashspec.harness import replay, schema
+from flashspec.harness.data import PROJECT_ROOT, encode, load_prompts
+
+# The study's learning configurations: the old default (UCB1, here on the cost model: wall-clock rewards are
+# not replayed), Thompson, BanditSpec's UCBSpec and EXP3Spec as the paper gives them (accepted tokens), and
+# elimination UCB, each reset per request, carried across requests, and carried with a decay.
+POLICIES = [
+    ("ucb1", "cost_model", None), ("thompson", "cost_model", None), ("ucbspec", "accepted_tokens", None),
+    ("exp3spec", "accepted_tokens", "horizon"), ("elimination_ucb", "cost_model", None),
+    ("elimination_ucb", "accepted_tokens", None),
+]
+SCOPES = [("request", 0.0), ("run", 1.0), ("carry", 0.5), ("carry", 0.9)]  # (scope, decay: read by carry)
+SEEDS = range(5)
+
+
+def config(overrides: list[str]) -> schema.RunConfig:
+    schema.register()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=bandit_study", *overrides])
+    return OmegaConf.to_object(cfg)
+
+
+def collect(out: Path, shard: str, overrides: list[str]) -> None:
+    cfg = config(overrides)
+    index, count = map(int, shard.split("/"))
+    engine = SpeculativeEngine(schema.engine_config(cfg))
+    out.mkdir(parents=True, exist_ok=True)
+    costs_path = out / "costs.json"
+    if costs_path.is_file():
+        engine.costs = CostModel.load(costs_path, engine.arm_names)
+    else:
+        engine.costs = engine.calibrate_costs()
+        engine.costs.save(costs_path)
+    prompts = load_prompts(cfg.dataset, cfg.data_dir)[index::count]
+    outcomes = []
+    for prompt in prompts:
+        start = time.perf_counter()
+        ids = encode(engine.tokenizer, [{"role": "user", "content": prompt.turns[0]}], cfg.dataset.chat)
+        outcomes.append(replay.collect(engine, prompt.id, prompt.category, ids, cfg.max_new_tokens))
+        replay.save(outcomes, out / f"outcomes-{index}.jsonl")
+        print(f"{prompt.id}: {len(outcomes[-1].tokens)} tokens, {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def simulate(out: Path, overrides: list[str]) -> None:
+    cfg = config(overrides)
+    order = [p.id for p in load_prompts(cfg.dataset, cfg.data_dir)]
+    found = {o.prompt_id: o for f in sorted(out.glob("outcomes-*.jsonl")) for o in replay.load(f)}
+    outcomes = [found[i] for i in order if i in found]  # the run's decoding order: the mix's rounds
+    pair_gammas = [g for _ in cfg.arms.arms for g in schema.gammas(cfg)]  # the engine's pairs, in its order
+    costs = CostModel.load(out / "costs.json")
+    policies = [replay.Policy(name, reward, scope, {"horizon": cfg.max_new_tokens} if extra else None, decay)
+                for name, reward, extra in POLICIES for scope, decay in SCOPES]
+    results, trace = replay.study(outcomes, costs, pair_gammas, policies, SEEDS)
+    results.to_csv(out / "results.csv", index=False)
+    trace.to_csv(out / "trace.csv.gz", index=False)
+    print(f"{len(outcomes)} prompts, {results['run_id'].nunique()} runs: {out}/results.csv, trace.csv.gz")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["collect", "simulate"])
+    parser.add_argument("out", type=Path, help="the replay's folder")
+    parser.add_argument("--shard", default="0/1", help="collect: i/n, this process's share of the prompts")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides on top of experiment=bandit_study")
+    args = parser.parse_intermixed_args()
+    if args.step == "collect":
+        collect(args.out, args.shard, args.overrides)
+    else:
+        simulate(args.out, args.overrides)
+
+
+if __name__ == "__main__":
+    main()
