@@ -1,14 +1,15 @@
 """The bandit study replayed on recorded drafts (flashspec/harness/replay.py): exact, seed-complete and free of
 the wall clock's noise, timed by the cost model.
 
-    python scripts/bandit_replay.py collect results/cpu/bandit_study/replay [--shard 0/2] [overrides...]
-    python scripts/bandit_replay.py simulate results/cpu/bandit_study/replay
+    python scripts/bandit_replay.py collect results/cpu/bandit_study/replay dataset.limit=64 [--shard 0/3]
+    python scripts/bandit_replay.py simulate results/cpu/bandit_study/replay dataset.limit=64
 
 `collect` builds the engine and prompts of experiment=bandit_study (plus any Hydra overrides, e.g.
 dataset.limit=32), measures the cost model once (costs.json, or reads it) and writes every prompt's outcomes
 (outcomes-<shard>.jsonl); `--shard i/n` takes every n-th prompt from the i-th, so n processes share the work.
-`simulate` plays every fixed pair, the per-step oracle and the study's policies over all seeds, writes
-results.csv and trace.csv.gz beside them, and the report (scripts/bandit_report.py) into <folder>/report.
+`simulate` plays every fixed pair, the per-step oracle and the study's policies over their seeds and writes
+results.csv and trace.csv.gz beside them; `python scripts/bandit_report.py <folder>` then writes the table and
+figures into <folder>/report.
 """
 
 from __future__ import annotations
@@ -25,16 +26,21 @@ from flashspec.engine import SpeculativeEngine
 from flashspec.harness import replay, schema
 from flashspec.harness.data import PROJECT_ROOT, encode, load_prompts
 
-# The study's learning configurations: the old default (UCB1, here on the cost model: wall-clock rewards are
-# not replayed), Thompson, BanditSpec's UCBSpec and EXP3Spec as the paper gives them (accepted tokens), and
-# elimination UCB, each reset per request, carried across requests, and carried with a decay.
+# The study's learning configurations (policy, reward, parameters): UCB1 (the old default, here on the cost model:
+# wall-clock rewards are not replayed) with its default exploration and two smaller ones (tuned on the tune
+# half), Thompson, BanditSpec's UCBSpec and EXP3Spec as the paper gives them (accepted tokens), and elimination
+# UCB on either reward; each reset per request, carried across requests, and carried with three decays.
 POLICIES = [
-    ("ucb1", "cost_model", None), ("thompson", "cost_model", None), ("ucbspec", "accepted_tokens", None),
-    ("exp3spec", "accepted_tokens", "horizon"), ("elimination_ucb", "cost_model", None),
-    ("elimination_ucb", "accepted_tokens", None),
+    ("ucb1", "cost_model", {}), ("ucb1", "cost_model", {"exploration": 0.3}),
+    ("ucb1", "cost_model", {"exploration": 0.1}), ("thompson", "cost_model", {}),
+    ("ucbspec", "accepted_tokens", {}), ("exp3spec", "accepted_tokens", {"horizon": None}),
+    ("elimination_ucb", "cost_model", {}), ("elimination_ucb", "accepted_tokens", {}),
 ]
-SCOPES = [("request", 0.0), ("run", 1.0), ("carry", 0.5), ("carry", 0.9)]  # (scope, decay: read by carry)
+SCOPES = [("request", 0.0), ("run", 1.0), ("carry", 0.5), ("carry", 0.9), ("carry", 0.99)]  # (scope, its decay)
 SEEDS = range(5)
+# Policies whose choices use their random state; the others are deterministic under a deterministic reward
+# (two seeds show it: the same choices), so their spread over seeds is zero by construction.
+RANDOMIZED = {"thompson", "exp3spec", "exp3", "epsilon_greedy", "hedge"}
 
 
 def config(overrides: list[str]) -> schema.RunConfig:
@@ -72,9 +78,10 @@ def simulate(out: Path, overrides: list[str]) -> None:
     outcomes = [found[i] for i in order if i in found]  # the run's decoding order: the mix's rounds
     pair_gammas = [g for _ in cfg.arms.arms for g in schema.gammas(cfg)]  # the engine's pairs, in its order
     costs = CostModel.load(out / "costs.json")
-    policies = [replay.Policy(name, reward, scope, {"horizon": cfg.max_new_tokens} if extra else None, decay)
-                for name, reward, extra in POLICIES for scope, decay in SCOPES]
-    results, trace = replay.study(outcomes, costs, pair_gammas, policies, SEEDS)
+    policies = [replay.Policy(name, reward, scope, {k: v or cfg.max_new_tokens for k, v in params.items()}, decay)
+                for name, reward, params in POLICIES for scope, decay in SCOPES]
+    runs = [(p, SEEDS if p.policy in RANDOMIZED else SEEDS[:2]) for p in policies]
+    results, trace = replay.study(outcomes, costs, pair_gammas, runs)
     results.to_csv(out / "results.csv", index=False)
     trace.to_csv(out / "trace.csv.gz", index=False)
     print(f"{len(outcomes)} prompts, {results['run_id'].nunique()} runs: {out}/results.csv, trace.csv.gz")

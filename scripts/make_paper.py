@@ -17,7 +17,7 @@ PAPER = ROOT / "paper"
 # study folder -> sub-folder of paper/figures and paper/tables ("": the folders themselves), as main.tex reads them
 STUDIES = {"results/cpu/mt_bench_sweep": "", "results/cpu/drafter_study": "drafter_study"}
 # studies with their own report script (scripts/bandit_report.py): study folder -> sub-folder, as above
-BANDIT_STUDIES = {"results/cpu/bandit_study": "bandit_study"}
+BANDIT_STUDIES = {"results/cpu/bandit_study/replay": "bandit_study"}
 
 
 def script(name: str):

@@ -198,7 +198,7 @@ def test_step_oracle_by_hand_and_never_slower_than_a_fixed_arm():
 def test_bandit_table_ratios_and_spread():
     costs = CostModel(NAMES, [0.0, 0.005], {1: 0.01, 4: 0.012})
     policies = [replay.Policy("ucb1", "cost_model", "run"), replay.Policy("exp3spec", "accepted_tokens", "request")]
-    results, trace = replay.study(outcomes(), costs, [3, 3], policies, seeds=range(3))
+    results, trace = replay.study(outcomes(), costs, [3, 3], [(p, range(3)) for p in policies])
     table = bandit_table(results, trace, {"p0": "tune", "p1": "heldout"})
     for _, part in table.groupby("split"):
         best = part[part["method"].str.startswith("fixed")]["speedup"].max()

@@ -87,6 +87,12 @@ class Policy:
     params: dict | None = None
     decay: float = 0.5
 
+    @property
+    def name(self) -> str:
+        """The policy with the parameters it was given (the `bandit` column), e.g. ucb1(exploration=0.2)."""
+        given = ", ".join(f"{k}={v}" for k, v in (self.params or {}).items() if k not in ("horizon", "arm"))
+        return f"{self.policy}({given})" if given else self.policy
+
 
 def simulate(outcomes: list[Outcomes], costs: CostModel, gammas: list[int], policy: Policy, seed: int,
              run_id: str) -> tuple[list[dict], list[dict]]:
@@ -142,7 +148,7 @@ def step_oracle(o: Outcomes, costs: CostModel) -> tuple[float, list[int]]:
 
 def result_row(o: Outcomes, costs: CostModel, run_id: str, policy: Policy | None, seed: int, seconds: float,
                steps: int, fixed_arm: str | None = None, bandit: str | None = None) -> dict:
-    return {"run_id": run_id, "method": "flashspec", "bandit": bandit or (policy.policy if policy else "fixed"),
+    return {"run_id": run_id, "method": "flashspec", "bandit": bandit or (policy.name if policy else "fixed"),
             "bandit_scope": scope_name(policy) if policy else None, "bandit_reward": policy.reward if policy else None,
             "fixed_arm": fixed_arm, "seed": seed, "dataset": "bandit_mix", "category": o.category,
             "prompt_id": o.prompt_id, "turn": 1, "new_tokens": len(o.tokens), "steps": steps,
@@ -154,9 +160,9 @@ def scope_name(policy: Policy) -> str:
     return f"carry {policy.decay}" if policy.scope == "carry" else policy.scope
 
 
-def study(outcomes: list[Outcomes], costs: CostModel, gammas: list[int], policies: list[Policy],
-          seeds: Sequence[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every fixed pair, the per-step oracle, and every policy over every seed, as results and trace tables."""
+def study(outcomes: list[Outcomes], costs: CostModel, gammas: list[int],
+          runs: Sequence[tuple[Policy, Sequence[int]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every fixed pair, the per-step oracle, and every policy over its seeds, as results and trace tables."""
     outcomes = [o for o in outcomes if len(o.tokens) > 1]  # a one-token answer has no step to choose
     rows, trace = [], []
     for k, name in enumerate(costs.arms):
@@ -168,9 +174,9 @@ def study(outcomes: list[Outcomes], costs: CostModel, gammas: list[int], policie
     for o in outcomes:
         seconds, path = step_oracle(o, costs)
         rows.append(result_row(o, costs, "step oracle", None, 0, seconds, len(path), bandit="step_oracle"))
-    for policy in policies:
+    for policy, seeds in runs:
         for seed in seeds:
-            run_id = f"{policy.policy},{policy.reward},{scope_name(policy)},seed={seed}"
+            run_id = f"{policy.name},{policy.reward},{scope_name(policy)},seed={seed}"
             new_rows, new_trace = simulate(outcomes, costs, gammas, policy, seed, run_id)
             rows += new_rows
             trace += new_trace
