@@ -8,13 +8,14 @@ the wall clock's noise, timed by the cost model.
 dataset.limit=32), measures the cost model once (costs.json, or reads it) and writes every prompt's outcomes
 (outcomes-<shard>.jsonl); `--shard i/n` takes every n-th prompt from the i-th, so n processes share the work.
 `simulate` plays every fixed pair, the per-step oracle and the study's policies over their seeds and writes
-results.csv and trace.csv.gz beside them; `python scripts/bandit_report.py <folder>` then writes the table and
+results.csv.gz and trace.csv.gz beside them; `python scripts/bandit_report.py <folder>` then writes the table and
 figures into <folder>/report.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from flashspec.bandit.cost import CostModel
 from flashspec.engine import SpeculativeEngine
 from flashspec.harness import replay, schema
 from flashspec.harness.data import PROJECT_ROOT, encode, load_prompts
+from flashspec.harness.runner import device_name, git_commit, set_threads, versions
 
 # The study's learning configurations (policy, reward, parameters): UCB1 (the old default, here on the cost model:
 # wall-clock rewards are not replayed) with its default exploration and two smaller ones (tuned on the tune
@@ -50,11 +52,21 @@ def config(overrides: list[str]) -> schema.RunConfig:
     return OmegaConf.to_object(cfg)
 
 
+def record(out: Path, step: str, cfg: schema.RunConfig, overrides: list[str]) -> None:
+    """What made the replay, per step, in <folder>/replay.json: device, commit, versions, overrides."""
+    path = out / "replay.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    info[step] = {"device": device_name(cfg.target.device), "threads": set_threads(cfg), "git_commit": git_commit(),
+                  "versions": versions(), "overrides": overrides, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    path.write_text(json.dumps(info, indent=2) + "\n")
+
+
 def collect(out: Path, shard: str, overrides: list[str]) -> None:
     cfg = config(overrides)
     index, count = map(int, shard.split("/"))
     engine = SpeculativeEngine(schema.engine_config(cfg))
     out.mkdir(parents=True, exist_ok=True)
+    record(out, f"collect {shard}", cfg, overrides)
     costs_path = out / "costs.json"
     if costs_path.is_file():
         engine.costs = CostModel.load(costs_path, engine.arm_names)
@@ -80,11 +92,12 @@ def simulate(out: Path, overrides: list[str]) -> None:
     costs = CostModel.load(out / "costs.json")
     policies = [replay.Policy(name, reward, scope, {k: v or cfg.max_new_tokens for k, v in params.items()}, decay)
                 for name, reward, params in POLICIES for scope, decay in SCOPES]
+    record(out, "simulate", cfg, overrides)
     runs = [(p, SEEDS if p.policy in RANDOMIZED else SEEDS[:2]) for p in policies]
     results, trace = replay.study(outcomes, costs, pair_gammas, runs)
-    results.to_csv(out / "results.csv", index=False)
+    results.to_csv(out / "results.csv.gz", index=False)
     trace.to_csv(out / "trace.csv.gz", index=False)
-    print(f"{len(outcomes)} prompts, {results['run_id'].nunique()} runs: {out}/results.csv, trace.csv.gz")
+    print(f"{len(outcomes)} prompts, {results['run_id'].nunique()} runs: {out}/results.csv.gz, trace.csv.gz")
 
 
 def main() -> None:

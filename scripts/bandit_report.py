@@ -46,23 +46,21 @@ def markdown(table: pd.DataFrame, device: str) -> str:
     return "".join(parts)
 
 
+def by_scope(data: pd.DataFrame, y: str, ylabel: str) -> plt.Figure:
+    """One panel per scope, one line per policy (with its reward), the band spanning the seeds."""
+    grid = sns.relplot(data=data, x="request", y=y, hue="policy", col="scope", col_wrap=3, kind="line",
+                       errorbar=("pi", 100), height=3.2, aspect=1.2)
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels("request (decoding order)", ylabel)
+    return grid.figure
+
+
 def regret_figure(regret: pd.DataFrame) -> plt.Figure:
-    _, ax = plt.subplots(figsize=(8, 4.8))
-    sns.lineplot(data=regret, x="request", y="cumulative_regret", hue="label", errorbar=("pi", 100), ax=ax,
-                 marker="o")
-    ax.set(xlabel="request (decoding order: tune and held-out rounds of the mixed workload)",
-           ylabel="cumulative regret vs the per-prompt oracle\n(AR token-times; band: min-max over seeds)")
-    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False)
-    return ax.figure
+    return by_scope(regret, "cumulative_regret", "cumulative regret vs the per-prompt\noracle (AR token-times)")
 
 
 def exploring_figure(steps: pd.DataFrame) -> plt.Figure:
-    _, ax = plt.subplots(figsize=(8, 4.8))
-    sns.lineplot(data=steps, x="request", y="exploring_steps", hue="label", errorbar=("pi", 100), ax=ax,
-                 marker="o")
-    ax.set(xlabel="request (decoding order)", ylabel="steps off the prompt's oracle arm\n(band: min-max over seeds)")
-    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False)
-    return ax.figure
+    return by_scope(steps, "exploring_steps", "steps off the prompt's oracle arm")
 
 
 def main(sweep: Path, tables_out: Path, figures_out: Path | None = None) -> list[Path]:
@@ -96,8 +94,11 @@ def found(sweep: Path, name: str) -> Path:
 
 
 def describe_device(sweep: Path) -> str:
-    """The device the runs name in their run.json (one sweep, one machine)."""
+    """The device the runs name in their run.json (one sweep, one machine), or a replay in its replay.json."""
     devices = {json.loads(p.read_text()).get("device") for p in sweep.glob("*/run.json")}
+    if (sweep / "replay.json").is_file():
+        steps = json.loads((sweep / "replay.json").read_text()).values()
+        devices |= {f"cost model measured on {s['device']}; replayed" for s in steps}
     return ", ".join(sorted(d for d in devices if d)) or "device not recorded"
 
 

@@ -1,9 +1,10 @@
 """Writes flashspec/data/bandit_mix.jsonl, the mixed workload of the bandit study (conf/dataset/bandit_mix.yaml):
 Spec-Bench's six categories (MT-Bench, translation, summarization, qa, math_reasoning, rag), HumanEval and
 Alpaca, their first turns only, of at most MAX_CHARS characters (about 1000 tokens: a long article leaves the
-small targets' 2048-token context no room, and its prefill would dominate the time), shuffled. The file is in rounds of one prompt per group (eight groups, in a
-shuffled order in each round), so its first 8 n prompts hold n of each group; rounds alternate between the
-`tune` and the `heldout` split (the `split` field: even rounds tune, odd rounds held out).
+small targets' 2048-token context no room, and its prefill would dominate the time), shuffled. The file is in
+rounds of one prompt per group (eight groups, in a shuffled order in each round), so its first 8 n prompts
+hold n of each group; rounds alternate between the `tune` and the `heldout` split (the `split` field: even
+rounds tune, odd rounds held out).
 
     python scripts/make_bandit_mix.py            # deterministic: seed 0, 10 rounds (80 prompts)
 """

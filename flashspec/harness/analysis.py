@@ -165,9 +165,22 @@ def speedup_of(rows: pd.DataFrame) -> float:
     return float(rows["new_tokens"].sum() / ar_time.sum())
 
 
+SCOPE_NAMES = {"request": "reset per request", "run": "across requests", "carry": "carried, decayed"}
+
+
 def policy_label(row: pd.Series) -> str:
-    scope = {"request": "reset per request", "run": "across requests", "carry": "carried, decayed"}
-    return f"{row['bandit']} ({row['bandit_reward']}), {scope.get(row['bandit_scope'], row['bandit_scope'])}"
+    return f"{row['bandit']} ({row['bandit_reward']}), {SCOPE_NAMES.get(row['bandit_scope'], row['bandit_scope'])}"
+
+
+def learning_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The learning runs' rows with their label, policy (with its reward), scope and request number (in
+    decoding order)."""
+    learners = results[~results["bandit"].isin(NOT_LEARNING)].copy()
+    learners["label"] = learners.apply(policy_label, axis=1)
+    learners["policy"] = learners["bandit"] + " (" + learners["bandit_reward"] + ")"
+    learners["scope"] = learners["bandit_scope"].map(lambda s: SCOPE_NAMES.get(s, s))
+    learners["request"] = learners.groupby("run_id").cumcount() + 1
+    return learners
 
 
 def bandit_table(results: pd.DataFrame, trace: pd.DataFrame, splits: dict[str, str]) -> pd.DataFrame:
@@ -210,23 +223,20 @@ def request_regret(results: pd.DataFrame) -> pd.DataFrame:
     token-times (the time AR takes per token on that prompt), and its cumulative sum over the run."""
     fixed = results[results["bandit"] == "fixed"].assign(rel=row_speedups)
     oracle = fixed.groupby("prompt_id")["rel"].max()
-    learners = results[~results["bandit"].isin(NOT_LEARNING)].copy()
-    learners["label"] = learners.apply(policy_label, axis=1)
-    learners["request"] = learners.groupby("run_id").cumcount() + 1
+    learners = learning_rows(results)
     tokens = learners["new_tokens"]
     learners["regret"] = tokens / row_speedups(learners) - tokens / learners["prompt_id"].map(oracle)
     learners["cumulative_regret"] = learners.groupby("run_id")["regret"].cumsum()
-    return learners[["run_id", "label", "seed", "prompt_id", "request", "regret", "cumulative_regret"]]
+    return learners[["run_id", "label", "policy", "scope", "seed", "prompt_id", "request", "regret",
+                     "cumulative_regret"]]
 
 
 def exploring_steps(results: pd.DataFrame, trace: pd.DataFrame) -> pd.DataFrame:
     """Per learning run and request (in decoding order): the steps played on another arm than the prompt's
     oracle arm."""
     best_arm = oracle_arms(results)
-    learners = results[~results["bandit"].isin(NOT_LEARNING)].copy()
-    learners["label"] = learners.apply(policy_label, axis=1)
-    learners["request"] = learners.groupby("run_id").cumcount() + 1
+    learners = learning_rows(results)
     off = trace.assign(off=trace["arm"] != trace["prompt_id"].map(best_arm))
     counts = off.groupby(["run_id", "prompt_id", "turn"])["off"].sum().rename("exploring_steps").reset_index()
     return learners.merge(counts, on=["run_id", "prompt_id", "turn"], how="left")[
-        ["run_id", "label", "seed", "request", "exploring_steps"]]
+        ["run_id", "label", "policy", "scope", "seed", "request", "exploring_steps"]]
