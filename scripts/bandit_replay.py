@@ -48,7 +48,8 @@ RANDOMIZED = {"thompson", "exp3spec", "exp3", "epsilon_greedy", "hedge"}
 def config(overrides: list[str]) -> schema.RunConfig:
     schema.register()
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["experiment=bandit_study", *overrides])
+        named = any(o.startswith("experiment=") for o in overrides)  # e.g. experiment=bandit_study_gpu
+        cfg = compose(config_name="config", overrides=[*([] if named else ["experiment=bandit_study"]), *overrides])
     return OmegaConf.to_object(cfg)
 
 
