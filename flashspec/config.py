@@ -44,7 +44,8 @@ class TargetConfig:
 
 @dataclass
 class ArmConfig:
-    kind: str = "prompt_lookup"  # prompt_lookup | draft_model | medusa | eagle | streaming | layer_skip | controlled
+    # prompt_lookup | draft_model | medusa | eagle | eagle3 | streaming | layer_skip | controlled
+    kind: str = "prompt_lookup"
     model: str = ""  # draft model ("tiny-draft", a path or a hub id) or a drafter checkpoint
     ngram_max: int = 3  # prompt lookup: longest suffix n-gram to match
     ngram_min: int = 1

@@ -12,7 +12,7 @@ import logging
 import statistics
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -39,6 +39,9 @@ from flashspec.verify import (
     verify_triton,
 )
 
+AR_CHUNK = 32  # most steps without a draft decoded between two reads of their tokens
+NO_DRAFT = Draft(torch.empty(0, dtype=torch.long))
+PENDING_PARENT = torch.tensor([-1])  # a tree block's first node, the pending token, hangs off the cache
 log = logging.getLogger(__name__)
 # The cost model's calibration: a prompt of this many tokens, each timing the median of this many repeats.
 CALIBRATION_TOKENS, CALIBRATION_REPEATS = 64, 5
@@ -98,6 +101,7 @@ class SpeculativeEngine:
         self.best_rate = 0.0  # tokens/s normaliser that maps the throughput reward into [0, 1]
         self.failed: set[int] = set()  # pairs whose arm raised while drafting this request: they sit it out
         self.metrics = EngineMetrics()
+        self.ar_chunk = AR_CHUNK  # 0: decode without drafts one synchronised step at a time, as speculative steps
         self._baseline: SpeculativeEngine | None = None
 
     @classmethod
@@ -179,15 +183,24 @@ class SpeculativeEngine:
         first = self._sample(scores.logits[-1:], context, sampling, generator)
         ttft = time.perf_counter() - start
         prompt_tokens, new = len(context), [first]
-        context = torch.cat([context, torch.tensor([first])])
+        committed = HostContext(context, max_new_tokens)
+        committed.append(new)
         step_tokens = [first]
+        # Decoding without drafts needs no token on the host until the output may end: read back once a chunk.
+        chunks = self._autoregressive(committed.view(), max_new_tokens - 1, sampling, generator) \
+            if self.selector is None and not self.processors and self.ar_chunk > 0 else None
         while not self._finished(new, step_tokens, max_new_tokens, stop):
             k = self.selector.select() if self.selector is not None else -1
-            step_tokens = self._step(context, k, max_new_tokens - len(new), sampling, generator, stats)
-            context = torch.cat([context, torch.tensor(step_tokens)])
+            if chunks is not None:
+                step_tokens = [next(chunks)]
+            else:
+                step_tokens = self._step(committed.view(), k, max_new_tokens - len(new), sampling, generator, stats)
+            committed.append(step_tokens)
             new += step_tokens
             trace.append(k)
             emitted.append(len(step_tokens))
+        if chunks is not None:  # the chunk may have decoded past the end: the cache keeps what the output kept
+            self.target.crop(prompt_tokens + len(new) - 1)
         new = self._truncate(new, max_new_tokens, stop, len(new) - (emitted[-1] if emitted else len(new)))
         if emitted:  # only the last step can commit past the end (the loop checks after every step)
             emitted[-1] -= 1 + sum(emitted) - len(new)
@@ -203,7 +216,7 @@ class SpeculativeEngine:
         """One target forward; returns the tokens it commits (accepted drafts + one of the target's own)."""
         t0 = time.perf_counter()
         room = min(budget - 1, self.target.max_context - len(context))
-        draft = Draft(torch.empty(0, dtype=torch.long))
+        draft = NO_DRAFT
         if k >= 0 and room > 0:
             draft = self._propose(k, context, min(self.pairs[k][1], room), sampling, generator)
         cached = self.target.length
@@ -212,7 +225,7 @@ class SpeculativeEngine:
         block = torch.cat([pending.to(self.device, non_blocking=True), drafted.to(self.device, non_blocking=True)])
         tree = draft.parents is not None and len(draft) > 0
         # A tree block: the pending token hangs off the cache (-1), the draft's roots off the pending token.
-        parents = torch.cat([torch.tensor([-1]), draft.parents + 1]) if tree else None
+        parents = torch.cat([PENDING_PARENT, draft.parents + 1]) if tree else None
         scores = self.target.forward(block, parents)
         logits = self._process(scores.logits, context, block, parents)
         rows = None  # the block rows of the committed tokens: a prefix for a chain, else the tree's path
@@ -223,16 +236,35 @@ class SpeculativeEngine:
         finite = torch.isfinite(scores.logits).all().view(1)
         # The step's only host-device synchronisation: how many were accepted, and which tokens.
         n, *tokens, ok = torch.cat([n_accepted.view(1), tokens.view(-1), finite.long()]).tolist()
-        if not ok:
-            raise ValueError(
-                "non-finite logits from the target: check its weights and dtype (float16 often overflows; "
-                "use bfloat16 or float32)"
-            )
+        check_finite(ok)
         kept = scores.rows(self._commit(cached, n, rows))
         if k >= 0:  # before the arms hear of this forward: Hedge's would-be drafts start from this step's context
             self._learn(k, context, draft, n, tokens[: n + 1], time.perf_counter() - t0, sampling, generator, stats)
         self._observe_target(cached, kept)
         return tokens[: n + 1]
+
+    def _autoregressive(self, context: Tensor, budget: int, sampling: SamplingConfig, generator) -> Iterator[int]:
+        """The tokens of up to `budget` steps without a draft, one per step. Each step's input is the token the
+        last one sampled, still on the device, so the steps launch back to back; their tokens are read back
+        once per chunk (of 4, then doubling up to AR_CHUNK steps). The uniforms are drawn step by step as
+        `_step` draws them, so the output is `_step`'s to the bit. The target's cache holds every launched
+        step: the caller crops it to what it kept."""
+        token, size = context[-1:].to(self.device, non_blocking=True), min(4, self.ar_chunk)
+        while budget > 0:
+            n, tokens, finite = min(size, budget), [], []
+            for _ in range(n):
+                scores = self.target.forward(token)
+                _, sampled = self._verify(scores.logits, NO_DRAFT, sampling, generator)
+                finite.append(torch.isfinite(scores.logits).all().view(1))
+                # A new tensor: the verifier's output buffer is the next call's. Non-finite logits may sample
+                # any id; the read-back below raises before it is kept.
+                token = sampled.clamp(0, self.target.vocab_size - 1)
+                tokens.append(token)
+            values = torch.cat(tokens + finite).tolist()  # the chunk's only host-device synchronisation
+            for value, ok in zip(values[:n], values[n:], strict=True):
+                check_finite(ok)
+                yield value
+            budget, size = budget - n, min(2 * size, self.ar_chunk)
 
     def _propose(self, k: int, context: Tensor, gamma: int, sampling: SamplingConfig, generator) -> Draft:
         """Pair k's draft. An arm that raises sits out the rest of the request, with a warning: its steps
@@ -246,7 +278,7 @@ class SpeculativeEngine:
                 warnings.warn(f"arm {arm.name!r} raised while drafting ({type(err).__name__}: {err}); it sits out "
                               "the rest of this request, whose steps it would have drafted decode without a draft",
                               RuntimeWarning, stacklevel=2)
-        return Draft(torch.empty(0, dtype=torch.long))
+        return NO_DRAFT
 
     def _verify(self, logits: Tensor, draft: Draft, sampling: SamplingConfig, generator) -> tuple[Tensor, Tensor]:
         """One verifier call, no host sync. Without a draft (an autoregressive step) it samples the target's
@@ -439,6 +471,34 @@ class SpeculativeEngine:
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         cuts = [text.find(s) for s in stop or () if s in text]
         return text[: min(cuts)] if cuts else text
+
+
+class HostContext:
+    """The committed tokens on the host, in a buffer allocated once per request: `view()` is the context
+    without a copy per step. Committed tokens never change, so a view handed out stays right."""
+
+    def __init__(self, prompt: Tensor, max_new_tokens: int) -> None:
+        self.ids = torch.empty(len(prompt) + max_new_tokens, dtype=torch.long)
+        self.ids[: len(prompt)] = prompt
+        self.length = len(prompt)
+
+    def append(self, tokens: list[int]) -> None:
+        end = self.length + len(tokens)
+        if end > len(self.ids):  # a last step that committed past the budget (the output is cut after the loop)
+            self.ids = torch.cat([self.ids, torch.empty(end - len(self.ids), dtype=torch.long)])
+        self.ids.numpy()[self.length : end] = tokens  # numpy writes a list without building a tensor
+        self.length = end
+
+    def view(self) -> Tensor:
+        return self.ids[: self.length]
+
+
+def check_finite(ok: int) -> None:
+    if not ok:
+        raise ValueError(
+            "non-finite logits from the target: check its weights and dtype (float16 often overflows; "
+            "use bfloat16 or float32)"
+        )
 
 
 def pick_verifier(name: str, device: torch.device, tree: bool = False):

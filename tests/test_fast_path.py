@@ -55,6 +55,23 @@ def test_static_step_matches_eager_forward(family, attention):
         assert torch.allclose(a.hidden, b.hidden, atol=1e-5)
 
 
+def test_compiled_step_matches_eager_with_one_version_for_every_longer_block():
+    """Compiled (as on CUDA, uncaptured here): the layer and the step's ends match the eager forward, and each
+    compiles twice, for n = 1 and once for every n > 1 (a version per block length would compile again at
+    every new draft length on the GPU)."""
+    from torch._dynamo.utils import counters
+
+    eager, fast = NativeLlama(build("llama"), 96), NativeLlama(build("llama"), 96, graphs=True, compile=True)
+    prompt = torch.randint(0, 97, (40,), generator=torch.Generator().manual_seed(1))
+    eager.forward(prompt)
+    fast.forward(prompt)
+    before = counters["stats"]["unique_graphs"]
+    for n in (1, 5, 9, 1, 3):
+        block = torch.randint(0, 97, (n,), generator=torch.Generator().manual_seed(n))
+        assert torch.allclose(eager.forward(block).logits, fast.forward(block).logits, atol=1e-5), n
+    assert counters["stats"]["unique_graphs"] - before <= 6  # embed, layer, head: n = 1 and n > 1 each
+
+
 def test_static_step_fills_the_context_to_the_last_slot():
     eager, static = NativeLlama(build("llama"), 48), NativeLlama(build("llama"), 48, graphs=True)
     for model in (eager, static):

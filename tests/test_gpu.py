@@ -1,7 +1,8 @@
 """On the GPU only: the Triton verifiers compiled (and inside a captured CUDA graph) against the PyTorch
 references, and greedy losslessness in bf16 through the engine's real fast path (static cache, captured CUDA
 graphs, compiled layer) for every arm kind and two bandits, on the trained family (results/models) and on a
-random-weight Llama-3-8B-shape model (4 of its layers) with the large-margin trick of scripts/bench_h100.py.
+random-weight Llama-3-8B-shape model (4 of its layers) with the large-margin trick of scripts/bench_h100.py;
+and decoding without drafts chunk by chunk (no host sync per token) against the step-by-step path there.
 
     make test-gpu        # the whole suite on CUDA, this file included
 """
@@ -17,9 +18,11 @@ from test_verify import assert_same_outcome, make_inputs
 
 from flashspec import ArmConfig, BanditConfig, FlashSpecConfig, SamplingConfig, SpeculativeEngine, TargetConfig
 from flashspec.arms import DraftModelArm, EagleArm, MedusaArm, PromptLookupArm, StreamingArm, build_arm
+from flashspec.bench.measure import count_syncs
 from flashspec.drafters.eagle import EagleHead, head_config
 from flashspec.drafters.medusa import MedusaHeads, sparse_tree
 from flashspec.drafters.streaming import StreamingDrafter
+from flashspec.engine import AR_CHUNK
 from flashspec.models import load_model
 from flashspec.models.native import NativeLlama
 from flashspec.models.tiny import tiny_tokenizer
@@ -189,3 +192,42 @@ def test_random_8b_shape_is_lossless_in_bf16(bench):
     prompts = [torch.cat([torch.arange(1000, 1064), torch.arange(1010, 1020)]), bench.prompt_ids(24)]
     check_lossless(target, tiny_tokenizer(), arms, prompts, ["ucb1", "thompson"],
                    accepting={"prompt_lookup", "draft_model", "ucb1", "thompson"})
+
+
+# ------------------------------------------------------------------ decoding without drafts, chunk by chunk
+def check_chunked_autoregressive(target, tokenizer, prompts: list) -> None:
+    """bf16 on the captured graphs: the chunked path (each step fed the last one's token on the device, the
+    tokens read back once a chunk) commits the step-by-step path's tokens (ar_chunk = 0, one sync per token)
+    with the same bookkeeping and cache length, in every sampling mode, with the end inside a chunk (a budget
+    of 23, an EOS at new token 9), and synchronises with the host 27 times less in 31 steps."""
+    cfg = TargetConfig(device="cuda", dtype="bfloat16", max_context=target.max_context)
+    engine = SpeculativeEngine(FlashSpecConfig(cfg, bandit=BanditConfig("none")), target=target, tokenizer=tokenizer)
+    eos = engine.eos_ids
+
+    def run(chunk: int, prompt, new: int, sampling: SamplingConfig, extra_eos: set[int] = frozenset()) -> tuple:
+        engine.ar_chunk, engine.eos_ids = chunk, eos | extra_eos
+        r = engine.generate(prompt, new, sampling)
+        return r.token_ids, r.steps, r.trace, r.emitted, target.length
+
+    for prompt in prompts:
+        for name, sampling in SAMPLINGS.items():
+            full = run(0, prompt, NEW_TOKENS, sampling)
+            assert run(AR_CHUNK, prompt, NEW_TOKENS, sampling) == full, name
+            assert run(AR_CHUNK, prompt, 23, sampling) == run(0, prompt, 23, sampling), name
+            if len(full[0]) > 9:
+                at = {full[0][9]}
+                assert run(AR_CHUNK, prompt, NEW_TOKENS, sampling, at) == run(0, prompt, NEW_TOKENS, sampling, at), name
+    syncs = {chunk: count_syncs(lambda c=chunk: run(c, prompts[0], 32, SamplingConfig())) for chunk in (0, AR_CHUNK)}
+    assert syncs[AR_CHUNK] <= syncs[0] - 27, syncs  # 31 steps: 31 reads one by one, 4 in chunks of 4, 8, 16, 3
+
+
+def test_chunked_autoregressive_decoding_is_the_step_by_step_one(bench):
+    target = NativeLlama(bench.random_llama("llama3-8b-4"), bench.CONTEXT, graphs=True)
+    check_chunked_autoregressive(target, tiny_tokenizer(), [bench.prompt_ids(24), bench.prompt_ids(100)])
+
+
+def test_chunked_autoregressive_decoding_on_the_trained_family(family):
+    """A trained model's sampled tokens depend on the uniforms, unlike the random shape's peaked ones."""
+    target, tokenizer, _ = family
+    check_chunked_autoregressive(target, tokenizer, ["The cat sat on the mat. The cat sat on the",
+                                                     "Write a Python function that returns the sum of a list."])

@@ -1,6 +1,7 @@
 """The EAGLE and Speculative Streaming trainers, tiny preset on the built-in target: the held-out loss falls,
-the checkpoint is small and loads through build_arm, and decoding with it stays lossless. Medusa the same
-way through scripts/train_drafters.py, plus its corpus prompts and the CLI's errors."""
+the checkpoint is small and loads through build_arm, and decoding with it stays lossless. Medusa and the
+shared-head draft model the same way through scripts/train_drafters.py (one run, one set of data, then its tau
+record), plus the corpus and chat prompts and the CLI's errors."""
 
 import functools
 import json
@@ -11,14 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from test_engine_lossless import PROMPTS
 
 from flashspec import ArmConfig, BanditConfig, FlashSpecConfig, SpeculativeEngine, TargetConfig
 from flashspec.drafters.checkpoint import WEIGHTS
-from flashspec.models import load_hf
+from flashspec.drafters.shared_head import hf_model
+from flashspec.models import NativeLlama, load_hf
 from flashspec.models.tiny import HIDDEN, tiny_tokenizer
 from flashspec.train import corpus, eagle, feature_drafters, streaming
-from flashspec.train.distill import corpus_prompts
+from flashspec.train.distill import INSTRUCTIONS, MIN_WINDOW, chat_frame, chat_prompts, corpus_prompts
 from flashspec.train.feature_drafters import FitConfig, fit
 
 MAX_BYTES = 5 << 20
@@ -88,11 +91,85 @@ MAIN = runpy.run_path(str(SCRIPTS / "train_drafters.py"))["main"]
 
 
 @pytest.fixture(scope="module")
-def medusa(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("drafters")
-    records = MAIN(["--target", "tiny", "--drafters", "medusa", "--preset", "tiny", "--out", str(out),
-                    "--device", "cpu", "--time-budget-s", "8"])
-    return out / "flashspec-medusa", records["medusa"]
+    records = MAIN(["--target", "tiny", "--drafters", "draft,medusa", "--preset", "tiny", "--out", str(out),
+                    "--device", "cpu", "--time-budget-s", "8", "--tau-prompts", "2", "--tau-new-tokens", "8"])
+    return out, records
+
+
+@pytest.fixture(scope="module")
+def medusa(trained) -> tuple[Path, dict]:
+    return trained[0] / "flashspec-medusa", trained[1]["medusa"]
+
+
+def test_shared_head_draft_stores_only_its_layers(trained):
+    out, records = trained
+    path, record = out / "flashspec-draft", records["draft"]
+    config = json.loads((path / "config.json").read_text())
+    assert config["kind"] == "shared_head_draft" and config["training"] == record
+    assert config["borrows"]["from"] == "tiny" and config["layers"] == record["layers"] == 1
+    assert record["heldout_loss"] < record["heldout_loss_before"], "training did not lower the held-out KL"
+    with safe_open(path / WEIGHTS, "pt") as f:
+        names = list(f.keys())
+        shapes = [f.get_slice(n).get_shape() for n in names]
+    vocab = len(tiny_tokenizer())
+    assert names and not any("embed" in n or "lm_head" in n for n in names)
+    assert not any(vocab in shape for shape in shapes), "an embedding or head tensor was saved"
+    assert all(n.startswith(("layers.0.", "norm.")) for n in names)
+
+
+def test_shared_head_draft_borrows_the_targets_head_and_drafts_losslessly(trained):
+    path = str(trained[0] / "flashspec-draft")
+    spec = SpeculativeEngine(FlashSpecConfig(arms=[ArmConfig(kind="draft_model", model=path)], gammas=[4],
+                                             bandit=BanditConfig("fixed")))
+    draft = spec.pairs[0][0].model
+    assert isinstance(draft, NativeLlama) and len(draft.model.model.layers) == 1
+    assert draft.model.lm_head is spec.target.model.lm_head  # attached, not copied
+    assert draft.model.model.embed_tokens is spec.target.model.model.embed_tokens
+    plain = SpeculativeEngine(FlashSpecConfig(bandit=BanditConfig("none")), target=spec.target,
+                              tokenizer=spec.tokenizer)
+    drafted = 0
+    for prompt in PROMPTS[:4]:
+        out = spec.generate(prompt, 16)
+        assert out.token_ids == plain.generate(prompt, 16).token_ids
+        drafted += sum(s.drafted for s in out.arms.values())
+    assert drafted > 0
+
+
+def test_shared_head_draft_as_a_transformers_assistant(trained):
+    """method=hf_assisted: the draft made a whole HF model on the target's tensors; generate stays greedy-exact."""
+    target, tokenizer = load_hf("tiny", TargetConfig())
+    assistant = hf_model(trained[0] / "flashspec-draft", target)
+    assert assistant.lm_head is target.lm_head and len(assistant.model.layers) == 1
+    ids = torch.tensor([tokenizer(PROMPTS[0])["input_ids"]])
+    kwargs = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    with torch.no_grad():
+        expected = target.generate(ids, **kwargs)
+        assisted = target.generate(ids, assistant_model=assistant, **kwargs)
+    assert torch.equal(expected, assisted)
+
+
+def test_shared_head_draft_refuses_another_target(trained, tmp_path):
+    path = tmp_path / "draft"
+    shutil.copytree(trained[0] / "flashspec-draft", path)
+    config = json.loads((path / "config.json").read_text())
+    config["target"]["vocab_size"] += 1
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="train a drafter for this target"):
+        SpeculativeEngine(FlashSpecConfig(arms=[ArmConfig(kind="draft_model", model=str(path))]))
+
+
+def test_tau_record_names_the_device_and_every_drafter(trained):
+    out, _ = trained
+    record = json.loads((out / "tau.json").read_text())
+    assert record["tau"]["device"].startswith("cpu") and record["tau"]["prompts"] == 2
+    arms = record["tau"]["arms"]
+    assert set(arms) == {"prompt_lookup", "flashspec-draft", "flashspec-medusa"}
+    assert arms["flashspec-draft"]["kind"] == "draft_model"
+    assert all(1 <= row["tau_greedy"] <= 5 for row in arms.values())  # gamma 4: at most 4 drafts + 1
+    table = (out / "tau.md").read_text()
+    assert "| `flashspec-draft` | draft_model |" in table and record["tau"]["device"] in table
 
 
 def test_medusa_checkpoint_is_small_trained_and_self_describing(medusa):
@@ -125,10 +202,29 @@ def test_corpus_prompts_are_reproducible_windows_of_real_text(monkeypatch):
     assert sum(c.isprintable() or c.isspace() for c in text) > 0.9 * len(text)
 
 
+def test_chat_prompts_wrap_corpus_windows_in_the_chat_template():
+    """Each prompt: the chat template's opening, an instruction (cycling), a contiguous window of the stream, the
+    template's generation prompt; all rows one length, raised where the template leaves too little room."""
+    tokenizer = tiny_tokenizer()
+    stream = torch.arange(10_000)  # ids stand for themselves: a window is a run of consecutive numbers
+    frames = [chat_frame(tokenizer, instruction) for instruction in INSTRUCTIONS]
+    shortest = MIN_WINDOW + max(len(before) + len(after) for before, after in frames)
+    prompts = chat_prompts(tokenizer, stream, 2 * len(INSTRUCTIONS), 16, seed=1)
+    assert prompts.shape == (2 * len(INSTRUCTIONS), shortest)
+    for i, row in enumerate(prompts.tolist()):
+        before, after = frames[i % len(frames)]
+        assert row[: len(before)] == before and row[len(row) - len(after):] == after
+        window = row[len(before): len(row) - len(after)]
+        assert len(window) >= MIN_WINDOW and window == list(range(window[0], window[0] + len(window)))
+    assert INSTRUCTIONS[1] in tokenizer.decode(frames[1][0]) and "assistant" in tokenizer.decode(frames[1][1])
+    assert chat_prompts(tokenizer, stream, 3, shortest + 40, seed=1).shape == (3, shortest + 40)
+    assert torch.equal(prompts, chat_prompts(tokenizer, stream, 2 * len(INSTRUCTIONS), 16, seed=1))
+
+
 def test_cli_names_unknown_drafters(capsys):
     with pytest.raises(SystemExit):
         MAIN(["--target", "tiny", "--drafters", "medusa,hydra", "--preset", "tiny", "--out", "/tmp/x"])
-    assert "choose from medusa, eagle, streaming" in capsys.readouterr().err
+    assert "choose from draft, medusa, eagle, streaming" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         MAIN(["--target", "tiny", "--drafters", "medusa", "--preset", "tiny", "--out", "/tmp/x",
               "--time-budget-s", "0"])

@@ -11,10 +11,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from triton.compiler import CompiledKernel
 
 from flashspec.config import SamplingConfig
 from flashspec.verify import process_logits, sample_from, verify, verify_reference, verify_triton
-from flashspec.verify.triton_kernel import _CHAIN_PLANS, Tuning
+from flashspec.verify.triton_kernel import _CHAIN_PLANS, Launcher, Tuning, aligned
 
 SAMPLINGS = {
     "greedy": SamplingConfig(),
@@ -236,3 +237,75 @@ def test_no_draft_samples_the_target_as_the_engine_did(mode: str, device) -> Non
     for impl in (verify_reference, verify_triton):
         n, tokens = impl(logits, torch.zeros(1, 0, dtype=torch.long, device=device), None, sampling, u)
         assert n.tolist() == [0] and tokens.tolist() == [want.tolist()]
+
+
+# ---------------------------------------------------------------- threshold searches spread over programs
+
+# Several chunks of few candidates each (4): on flat logits every row's threshold lies beyond the candidates,
+# where the first kernel hands the search to _search_kernel (bisection steps across the row's chunks).
+SPREAD = Tuning(block_v=256, chunk=512, cap=32, pivots_row=2, pivots_cand=8, num_warps=4, bins=16, pivots_search=8,
+                block_search=256)
+FLAT_MODES = {
+    "t1.5_topp0.98": SamplingConfig(temperature=1.5, top_p=0.98),
+    "topk700": SamplingConfig(temperature=1.0, top_k=700),
+    "t2_topk1000_topp0.9": SamplingConfig(temperature=2.0, top_k=1000, top_p=0.9),
+}
+
+
+# passes = 0: the row finisher's own passes over the row (the old path); 1: one step across programs, the
+# finisher's passes do the rest; 3: the steps across programs leave at most `cap` logits to the finisher.
+@pytest.mark.parametrize("mode,passes", [(mode, 3) for mode in sorted(FLAT_MODES)]
+                         + [("t1.5_topp0.98", 0), ("t2_topk1000_topp0.9", 1)])
+def test_thresholds_beyond_the_candidates_spread_over_programs(mode: str, passes: int, device) -> None:
+    sampling, tuning = FLAT_MODES[mode], replace(SPREAD, search_passes=passes)
+    args = make_inputs(1, 2, 2000, sampling, True, seed=passes, device=device)
+    args[0] = args[0] / 6  # flat: the nucleus (or the top-k) holds hundreds of tokens, the candidates 4 a chunk
+    assert_same_outcome(verify_triton(*args[:3], sampling, args[3], tuning),
+                        verify_reference(*args[:3], sampling, args[3]))
+    plan = next(plan for key, plan in _CHAIN_PLANS.items() if tuning in key)
+    stage, *_, n_in = plan.search.view(-1, 9)[:, :4].T.cpu()
+    assert not stage.any()  # every search ended: the next call starts clean
+    if passes:  # every row took the search (its last interval, kept for this check, holds the threshold)...
+        assert (n_in >= 1).all()
+        if passes == 3:  # ...and was left with few enough logits to finish in registers
+            assert (n_in <= 32).all(), n_in
+
+
+class _FakeCompiled(CompiledKernel):
+    """A compiled kernel that records its direct launches."""
+
+    module = None  # nothing to unload
+
+    def __init__(self, calls: list) -> None:  # none of CompiledKernel's state is needed
+        self.calls = calls
+
+    def __getitem__(self, grid):
+        return lambda *args: self.calls.append(("direct", grid, args))
+
+
+class _FakeJIT:
+    """A JIT-compiled kernel `k(x_ptr, n, BLOCK: constexpr, FLAG: constexpr)`: records launches through the JIT."""
+
+    arg_names = ["x_ptr", "n", "BLOCK", "FLAG"]
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def __getitem__(self, grid):
+        def run(*args, **constants):
+            self.calls.append(("jit", grid, args, constants))
+            return _FakeCompiled(self.calls)
+        return run
+
+
+def test_launcher_goes_direct_after_the_first_aligned_launch() -> None:
+    kernel, x = _FakeJIT(), torch.zeros(8)
+    launch = Launcher(kernel, (3, 1), dict(FLAG=True, BLOCK=64, num_warps=4))
+    launch(aligned(x[1:]), x[1:], 5)  # unaligned: compiled apart, never reused
+    launch(aligned(x), x, 5)
+    launch(aligned(x), x, 5)
+    launch(aligned(x[1:]), x[1:], 5)
+    kinds = [call[0] for call in kernel.calls]
+    assert kinds == ["jit", "jit", "direct", "jit"]
+    # The direct launch passes every parameter in signature order, constexprs included, as Triton's JIT does.
+    assert kernel.calls[2] == ("direct", (3, 1), (x, 5, 64, True))

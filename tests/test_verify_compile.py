@@ -76,7 +76,7 @@ def launch_every_wrapper() -> None:
     greedy, t1 = SamplingConfig(), SamplingConfig(1.0)
     top_k, top_p, both = SamplingConfig(1.0, top_k=50), SamplingConfig(0.8, top_p=0.9), SamplingConfig(0.7, 20, 0.8)
     g = torch.Generator().manual_seed(0)
-    # (vocab, batch, gamma or tree size, sampling, stochastic draft): gamma 1 and size 1 are specialised apart
+    # (vocab, batch, gamma or tree size, sampling, stochastic draft): tree size 1 is specialised apart
     chains = [(128256, 1, 4, greedy, False), (128256, 2, 1, greedy, True), (128256, 1, 4, t1, False),
               (128256, 1, 4, t1, True), (128256, 2, 8, top_k, True), (128256, 1, 3, top_p, False),
               (128256, 2, 8, both, True), (1000, 1, 4, greedy, False), (1000, 2, 2, top_p, True)]
@@ -97,11 +97,15 @@ def launch_every_wrapper() -> None:
     # Decode attention (no sampling modes): the H200's 132 SMs, the dtypes, head sizes and block lengths it meets.
     from flashspec.models import attention
 
-    for dtype, dim, heads, kv_heads, n in ((torch.bfloat16, 128, 32, 8, 1), (torch.bfloat16, 64, 9, 3, 9),
-                                          (torch.float16, 128, 32, 8, 33), (torch.float32, 64, 4, 2, 5)):
+    # A 64-slot cache has one split: the program writes the output itself, without the atomic ticket.
+    cases = ((torch.bfloat16, 128, 32, 8, 1, 256), (torch.bfloat16, 64, 9, 3, 9, 256),
+             (torch.float16, 128, 32, 8, 33, 256), (torch.float32, 64, 4, 2, 5, 256), (torch.bfloat16, 64, 9, 3, 1, 64))
+    for dtype, dim, heads, kv_heads, n, span in cases:
         q = torch.randn(n, heads, dim).to(dtype)
-        k, v = (torch.randn(kv_heads, 256, dim).to(dtype) for _ in "kv")
-        attention.launch(q, k, v, torch.arange(100, 100 + n), sms=132, upcast=False)
+        k, v = (torch.randn(kv_heads, span, dim).to(dtype) for _ in "kv")
+        cos, sin = torch.randn(2, n, dim).to(dtype)
+        for rope in ({}, {"cos": cos, "sin": sin}):  # q rotated by the caller, or as the kernel loads it
+            attention.launch(q, k, v, torch.arange(span - n, span), sms=132, upcast=False, **rope)
 
 
 def compile_launch(fn, args: tuple, kwargs: dict) -> None:
@@ -115,6 +119,11 @@ def compile_launch(fn, args: tuple, kwargs: dict) -> None:
     backend = make_backend(target)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
+    # The verifier's direct launches (triton_kernel.Launcher: every constexpr given) pass the parameters so.
+    tail = fn.arg_names[len(args):]
+    if all(name in kwargs for name in tail):
+        direct = (*args, *(kwargs[name] for name in tail))
+        assert all(a is b for a, b in zip(direct, bound.values(), strict=True)), "direct launch out of order"
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
     triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
 

@@ -7,18 +7,20 @@ from dataclasses import replace
 from transformers import PreTrainedTokenizerBase
 
 from flashspec.arms.base import Arm, Draft
-from flashspec.arms.draft_model import DraftModelArm
+from flashspec.arms.draft_model import DraftModelArm, build_shared_head_draft
 from flashspec.arms.eagle import EagleArm, build_eagle
+from flashspec.arms.eagle3 import Eagle3Arm, build_eagle3
 from flashspec.arms.layer_skip import build_layer_skip
 from flashspec.arms.medusa import MedusaArm, build_medusa
 from flashspec.arms.prompt_lookup import PromptLookupArm
 from flashspec.arms.streaming import StreamingArm, build_streaming
 from flashspec.config import ArmConfig, TargetConfig
+from flashspec.drafters.shared_head import is_shared_head
 from flashspec.models import CausalLM, load_model
 
 __all__ = [
-    "Arm", "Draft", "DraftModelArm", "EagleArm", "MedusaArm", "PromptLookupArm", "StreamingArm", "build_arm",
-    "check_same_tokenizer",
+    "Arm", "Draft", "DraftModelArm", "Eagle3Arm", "EagleArm", "MedusaArm", "PromptLookupArm", "StreamingArm",
+    "build_arm", "check_same_tokenizer",
 ]
 
 
@@ -37,6 +39,8 @@ def build_arm(cfg: ArmConfig, target: CausalLM, tokenizer: PreTrainedTokenizerBa
     if cfg.kind == "draft_model":
         if not cfg.model:
             raise ValueError("arm kind draft_model needs `model`: a path, hub id or 'tiny-draft'")
+        if is_shared_head(cfg.model):
+            return build_shared_head_draft(cfg, target)
         draft_cfg = replace(target_cfg, model=cfg.model, device_map=None)
         model, draft_tokenizer = load_model(cfg.model, draft_cfg)
         check_same_tokenizer(tokenizer, draft_tokenizer, cfg.model)
@@ -48,6 +52,8 @@ def build_arm(cfg: ArmConfig, target: CausalLM, tokenizer: PreTrainedTokenizerBa
         return DraftModelArm(model, name=f"draft:{cfg.model.rstrip('/').split('/')[-1]}")
     if cfg.kind == "eagle":
         return build_eagle(cfg, target)
+    if cfg.kind == "eagle3":
+        return build_eagle3(cfg, target)
     if cfg.kind == "streaming":
         return build_streaming(cfg, target)
     if cfg.kind == "medusa":
@@ -55,5 +61,6 @@ def build_arm(cfg: ArmConfig, target: CausalLM, tokenizer: PreTrainedTokenizerBa
     if cfg.kind == "layer_skip":
         return build_layer_skip(cfg, target)
     raise ValueError(
-        f"unknown arm kind {cfg.kind!r}: use prompt_lookup, draft_model, eagle, streaming, medusa or layer_skip"
+        f"unknown arm kind {cfg.kind!r}: use prompt_lookup, draft_model, eagle, eagle3, streaming, medusa or "
+        "layer_skip"
     )

@@ -1,4 +1,5 @@
-"""A small draft model sharing the target's tokenizer, drafting autoregressively on its own KV cache."""
+"""A small draft model sharing the target's tokenizer, drafting autoregressively on its own KV cache; or one
+sharing the target's embedding and LM head too (flashspec/drafters/shared_head.py), attached at load time."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import torch
 from torch import Tensor
 
 from flashspec.arms.base import Arm, Draft
-from flashspec.config import SamplingConfig
+from flashspec.config import ArmConfig, SamplingConfig
+from flashspec.drafters.shared_head import load_shared_head
 from flashspec.models import CausalLM
+from flashspec.models.native import NativeLlama, is_supported
 from flashspec.verify import process_logits, sample_from
 
 
@@ -45,3 +48,16 @@ class DraftModelArm(Arm):
         # Draft tokens 0..gamma-2 were fed to the cache; the accepted ones among them stay valid.
         if draft is self.last:
             self.committed += min(n_accepted, len(draft) - 1)
+
+
+def build_shared_head_draft(cfg: ArmConfig, target: CausalLM) -> DraftModelArm:
+    """The arm for a shared-head draft directory: its layers on the target's own embedding and head, decoding
+    like the target (captured static steps where the target uses them)."""
+    hf = getattr(target, "model", None)
+    if hf is None or not is_supported(hf):
+        raise ValueError(
+            f"the draft at {cfg.model} borrows a Llama-family target's embedding and head; "
+            f"{type(hf).__name__} is not one: use a whole draft model"
+        )
+    draft = NativeLlama(load_shared_head(cfg.model, hf), target.max_context, graphs=getattr(target, "graphs", False))
+    return DraftModelArm(draft, name=f"draft:{cfg.model.rstrip('/').split('/')[-1]}")

@@ -16,26 +16,34 @@ Siblings are the distinct top-k tokens, a deterministic function of the context,
 distribution (`probs=None`): the tree verifier (flashspec/verify/tree.py) then samples without replacement
 over the siblings, which is lossless. With top_k = 1 the arm drafts a chain and, when sampling, samples it
 from the head's distribution and states it, as a standard speculative-sampling draft.
+
+`model` may also be an EAGLE-1/2 head as its authors released it (flashspec/drafters/eagle.py reads it); it
+drafts the same EAGLE-2 tree, which is the authors' `topK_genrate` (their `depth` + 1 = our depth, their
+`total_token` - 1 = our gamma).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from flashspec.arms.base import Arm, Draft, TargetStates
 from flashspec.config import ArmConfig, SamplingConfig
-from flashspec.drafters.eagle import EagleHead, load_eagle
+from flashspec.drafters.eagle import load_eagle, load_official_eagle
+from flashspec.drafters.official import is_official
 from flashspec.models.base import CausalLM, Scores
 from flashspec.verify import process_logits, sample_from
 
 
 class EagleArm(Arm):
     def __init__(
-        self, head: EagleHead, embed: nn.Module, lm_head: nn.Module, max_context: int, top_k: int = 4,
-        depth: int = 6, name: str = "eagle",
+        self, head: nn.Module, embed: nn.Module, lm_head: Callable[[Tensor], Tensor], max_context: int,
+        top_k: int = 4, depth: int = 6, name: str = "eagle",
     ) -> None:
-        """`embed`, `lm_head`: the target's own (frozen) token embedding and output head."""
+        """`head`: an EagleHead (or a head with its forward, e.g. EAGLE-3's). `embed`, `lm_head`: the token
+        embedding and the map from the head's outputs to the target's logits (the target's own, frozen)."""
         if top_k < 1 or depth < 1:
             raise ValueError(f"eagle top_k={top_k}, depth={depth}: both must be at least 1")
         self.head, self.embed, self.lm_head = head.eval(), embed, lm_head
@@ -54,8 +62,12 @@ class EagleArm(Arm):
         self.features.known = self.fed = 0
 
     def observe_target(self, start: int, scores: Scores) -> None:
-        self.features.write(start, scores.hidden)
+        self.features.write(start, self.target_features(scores))
         self.fed = min(self.fed, start)
+
+    def target_features(self, scores: Scores) -> Tensor:
+        """What the head reads of each committed position: EAGLE-1/2's is the target's last hidden state."""
+        return scores.hidden
 
     @torch.inference_mode()
     def propose(self, context: Tensor, gamma: int, sampling: SamplingConfig, generator) -> Draft:
@@ -141,18 +153,30 @@ def _best_subtree(tokens: Tensor, parents: Tensor, scores: Tensor, n: int) -> Dr
     return Draft(tokens[keep].cpu(), None, new_index[parents[keep]].cpu())
 
 
-def build_eagle(cfg: ArmConfig, target: CausalLM) -> EagleArm:
-    """The arm for ArmConfig(kind="eagle", model=CHECKPOINT, params={"top_k": 4, "depth": 6})."""
+def tree_params(cfg: ArmConfig, target: CausalLM) -> tuple[int, int]:
+    """(top_k, depth) of an EAGLE arm's params, checked against what the target can verify."""
     unknown = sorted(set(cfg.params) - {"top_k", "depth"})
     if unknown:
-        raise ValueError(f"unknown eagle params {unknown}: use top_k (children per node; 1 = a chain), depth")
+        raise ValueError(f"unknown {cfg.kind} params {unknown}: use top_k (children per node; 1 = a chain), depth")
     top_k, depth = int(cfg.params.get("top_k", 4)), int(cfg.params.get("depth", 6))
     if top_k > 1 and not target.supports_tree:
         raise ValueError(
-            f"eagle with top_k={top_k} drafts token trees, which {type(target).__name__} cannot verify: use "
+            f"{cfg.kind} with top_k={top_k} drafts token trees, which {type(target).__name__} cannot verify: use "
             "a Llama-family target on target.backend auto or native, or params.top_k=1 for chain drafts"
         )
+    return top_k, depth
+
+
+def build_eagle(cfg: ArmConfig, target: CausalLM) -> EagleArm:
+    """The arm for ArmConfig(kind="eagle", model=CHECKPOINT, params={"top_k": 4, "depth": 6}); CHECKPOINT is
+    ours (scripts/train_drafters.py) or an EAGLE-1/2 head as released."""
+    top_k, depth = tree_params(cfg, target)
     hf = target.model
-    head = load_eagle(cfg.model, hf.config).to(device=hf.device, dtype=hf.dtype)
-    embed, lm_head = hf.get_input_embeddings(), hf.get_output_embeddings()
-    return EagleArm(head, embed, lm_head, target.max_context, top_k, depth)
+    embed = hf.get_input_embeddings()
+    if is_official(cfg.model, "eagle"):
+        head, own_embed = load_official_eagle(cfg.model, hf.config)
+        embed = embed if own_embed is None else own_embed.to(hf.device, hf.dtype)
+    else:
+        head = load_eagle(cfg.model, hf.config)
+    head = head.to(device=hf.device, dtype=hf.dtype)
+    return EagleArm(head, embed, hf.get_output_embeddings(), target.max_context, top_k, depth)

@@ -12,6 +12,9 @@ Siblings when sampling, two ways (ArmConfig.params["siblings"]; greedy decoding 
   roughly calibrated this accepts more than top-k (measured on the family's target at T = 1).
 * "top_k": node (r_1..r_d) is the rank-r_d token of head d: distinct siblings, a deterministic draft
   (`probs=None`), lossless through the tree verifier's sampling without replacement.
+
+`model` may also be Medusa-1 heads as their authors released them (ResBlockHeads, flashspec/drafters/medusa.py):
+they draft the tree their config names (`medusa_choices`), else Medusa's default mc_sim_7b_63.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from torch import Tensor
 
 from flashspec.arms.base import Arm, Draft, TargetStates
 from flashspec.config import ArmConfig, SamplingConfig
-from flashspec.drafters.medusa import MedusaHeads, load_medusa, tree_tensors
+from flashspec.drafters.medusa import MedusaHeads, ResBlockHeads, load_medusa, load_official_medusa, tree_tensors
+from flashspec.drafters.official import is_official
 from flashspec.models.base import CausalLM, Scores
 from flashspec.verify import process_logits, sample_from
 
@@ -32,8 +36,8 @@ class MedusaArm(Arm):
     tree = True
 
     def __init__(
-        self, heads: MedusaHeads, paths: list[tuple[int, ...]], max_context: int, siblings: str = "sample",
-        name: str = "medusa",
+        self, heads: MedusaHeads | ResBlockHeads, paths: list[tuple[int, ...]], max_context: int,
+        siblings: str = "sample", name: str = "medusa",
     ) -> None:
         if siblings not in SIBLINGS:
             raise ValueError(f"medusa siblings={siblings!r}: use one of {SIBLINGS}")
@@ -72,7 +76,8 @@ def build_medusa(cfg: ArmConfig, target: CausalLM) -> MedusaArm:
     if hf is None:
         raise ValueError("the medusa arm reads the target's Hugging Face module: use a loaded model target")
     lm_head = hf.get_output_embeddings().weight
-    heads, paths = load_medusa(cfg.model, hf.config, lm_head)
+    load = load_official_medusa if is_official(cfg.model, "medusa") else load_medusa
+    heads, paths = load(cfg.model, hf.config, lm_head)
     unknown = set(cfg.params) - {"siblings"}
     if unknown:
         raise ValueError(f"unknown medusa params {sorted(unknown)}: the only one is 'siblings' ({SIBLINGS})")

@@ -27,8 +27,17 @@ def decoder_layer(
     """`layer` over x [B, n, D] with rotary (cos, sin) [B, n, hd]: the block attends to `past` keys and values
     ([B, Hkv, S, hd], already rotated) and to itself, as `mask` ([n, S + n] bool, True = attend) allows.
     Returns the layer's output and the block's own keys and values (rotated), for a caller's cache."""
+    return attend(layer, layer.input_layernorm(x), x, cos, sin, past, mask)
+
+
+def attend(
+    layer: nn.Module, h: Tensor, x: Tensor, cos: Tensor, sin: Tensor, past: tuple[Tensor, Tensor] | None,
+    mask: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """decoder_layer with the attention's input `h` given: the layer's attention over h, added to the
+    residual stream x, then its MLP block (EAGLE-3's layer attends over [embedding; feature], not x)."""
     attn = layer.self_attn
-    q, k, v = project(attn, layer.input_layernorm(x), cos, sin)
+    q, k, v = project(attn, h, cos, sin)
     keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
     out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
     x = x + attn.o_proj(out.transpose(1, 2).flatten(2))

@@ -9,11 +9,17 @@ the checkpoint stores only the blocks and the corrections.
 
 The draft is a static sparse tree (Medusa's): node (r_1, ..., r_d) is the rank-r_d token of head d under
 node (r_1, ..., r_{d-1}). `sparse_tree` grows it greedily from the heads' measured top-k accuracies.
+
+Medusa-1 as its authors released it (`ResBlockHeads`, FasterDecoding/Medusa medusa/model/medusa_model.py):
+head k is `medusa_num_layers` residual blocks then its own full Linear(D, V) without bias; their files hold
+no tree, so those heads draft Medusa's default tree (`OFFICIAL_TREE`). `save_official_medusa` writes our
+heads in that layout (the correction folded into each head's Linear), with our tree as `medusa_choices`.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 from pathlib import Path
 
 import torch
@@ -21,10 +27,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PretrainedConfig
 
-from flashspec.drafters.checkpoint import load_checkpoint, save_checkpoint, target_signature
+from flashspec.drafters.checkpoint import CONFIG, load_checkpoint, save_checkpoint, target_signature
+from flashspec.drafters.official import MEDUSA_FILES, check_shape, read_official
 
 KIND = "medusa"
 TREE_SIZE = 64  # nodes of the stored tree; the engine's gamma takes a prefix of it
+# Medusa's default tree, `mc_sim_7b_63` of FasterDecoding/Medusa medusa/model/medusa_choices.py (what their
+# medusa_generate falls back to for a base model it has no tuned tree for).
+OFFICIAL_TREE = [
+    (0,), (0, 0), (1,), (0, 1), (2,), (0, 0, 0), (1, 0), (0, 2), (3,), (0, 3), (4,), (0, 4), (2, 0), (0, 5),
+    (0, 0, 1), (5,), (0, 6), (6,), (0, 7), (0, 1, 0), (1, 1), (7,), (0, 8), (0, 0, 2), (3, 0), (0, 9), (8,),
+    (9,), (1, 0, 0), (0, 2, 0), (1, 2), (0, 0, 3), (4, 0), (2, 1), (0, 0, 4), (0, 0, 5), (0, 0, 0, 0),
+    (0, 1, 1), (0, 0, 6), (0, 3, 0), (5, 0), (1, 3), (0, 0, 7), (0, 0, 8), (0, 0, 9), (6, 0), (0, 4, 0),
+    (1, 4), (7, 0), (0, 1, 2), (2, 0, 0), (3, 1), (2, 2), (8, 0), (0, 5, 0), (1, 5), (1, 0, 1), (0, 2, 1),
+    (9, 0), (0, 6, 0), (0, 0, 0, 1), (1, 6), (0, 7, 0),
+]
 
 
 class MedusaHeads(nn.Module):
@@ -52,6 +69,28 @@ class MedusaHeads(nn.Module):
         z = h[..., None, :] + F.silu(block)
         low = torch.einsum("...kd,kdr->...kr", z, self.down[:k])
         return z @ self.lm_head.T + torch.einsum("...kr,krv->...kv", low, self.up[:k])
+
+
+class ResBlockHeads(nn.Module):
+    """Medusa-1's heads: head k maps h through `layers` blocks z <- z + SiLU(W z + b), then its Linear(D, V)."""
+
+    def __init__(self, n_heads: int, layers: int, width: int, vocab: int) -> None:
+        super().__init__()
+        self.block_weight = nn.Parameter(torch.zeros(n_heads, layers, width, width))
+        self.block_bias = nn.Parameter(torch.zeros(n_heads, layers, width))
+        self.lm_heads = nn.Parameter(torch.zeros(n_heads, vocab, width))
+
+    @property
+    def n_heads(self) -> int:
+        return self.block_weight.shape[0]
+
+    def forward(self, hidden: Tensor, heads: int | None = None) -> Tensor:
+        """Logits [..., K, V] of the first `heads` (all by default) heads from hidden states [..., D]."""
+        k = heads or self.n_heads
+        z = hidden.to(self.block_weight.dtype)[..., None, :].expand(*hidden.shape[:-1], k, hidden.shape[-1])
+        for j in range(self.block_weight.shape[1]):
+            z = z + F.silu(torch.einsum("...kd,ked->...ke", z, self.block_weight[:k, j]) + self.block_bias[:k, j])
+        return torch.einsum("...kd,kvd->...kv", z, self.lm_heads[:k])
 
 
 def sparse_tree(accuracy: list[list[float]], size: int = TREE_SIZE) -> list[tuple[int, ...]]:
@@ -105,3 +144,47 @@ def load_medusa(
     heads = MedusaHeads(lm_head, meta["heads"], meta["rank"])
     heads.load_state_dict(state)
     return heads.to(device=lm_head.device, dtype=lm_head.dtype).eval(), [tuple(p) for p in meta["tree"]]
+
+
+def load_official_medusa(
+    path: str | Path, target_config: PretrainedConfig, lm_head: Tensor
+) -> tuple[ResBlockHeads, list[tuple[int, ...]]]:
+    """Medusa-1 heads as released (on lm_head's device and dtype) and the tree they draft. The heads are
+    counted in the weights, not read from `medusa_num_heads`, as their loader does (medusa_model.py sets 5
+    over the uploaded config's count: "TODO: fix the uploaded config (only include 2 heads)")."""
+    path, config, state = read_official(path, MEDUSA_FILES)
+    state = {k.removeprefix("medusa_head."): v for k, v in state.items()}
+    layers = int(config.get("medusa_num_layers", 1))
+    n_heads = len({k.split(".")[0] for k in state})
+    width, vocab = target_config.hidden_size, target_config.vocab_size
+    heads = ResBlockHeads(n_heads, layers, width, vocab)
+    with torch.no_grad():
+        for k in range(n_heads):
+            for j in range(layers):
+                name = f"{k}.{j}.linear"
+                heads.block_weight[k, j] = check_shape(KIND, path, f"{name}.weight", state.get(f"{name}.weight"),
+                                                       (width, width), "hidden x hidden")
+                heads.block_bias[k, j] = check_shape(KIND, path, f"{name}.bias", state.get(f"{name}.bias"),
+                                                     (width,), "hidden")
+            heads.lm_heads[k] = check_shape(KIND, path, f"{k}.{layers}.weight", state.get(f"{k}.{layers}.weight"),
+                                            (vocab, width), "vocab x hidden")
+    tree = [tuple(p) for p in config.get("medusa_choices", OFFICIAL_TREE) if len(p) <= n_heads]
+    return heads.to(device=lm_head.device, dtype=lm_head.dtype).eval(), tree
+
+
+def save_official_medusa(path: str | Path, heads: MedusaHeads, tree: list[tuple[int, ...]], base_model: str) -> Path:
+    """Our heads in Medusa-1's layout, loadable by their MedusaModel.from_pretrained: `medusa_lm_head.pt`
+    (each head's block, then its Linear = the target's head plus our correction) and a MedusaConfig."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {}
+    with torch.no_grad():
+        for k in range(heads.n_heads):
+            state[f"{k}.0.linear.weight"] = heads.block_weight[k].detach().clone()
+            state[f"{k}.0.linear.bias"] = heads.block_bias[k].detach().clone()
+            state[f"{k}.1.weight"] = heads.lm_head + (heads.down[k] @ heads.up[k]).T
+    torch.save({k: v.float().cpu().contiguous() for k, v in state.items()}, path / MEDUSA_FILES[1])
+    config = {"medusa_num_heads": heads.n_heads, "medusa_num_layers": 1, "base_model_name_or_path": base_model,
+              "medusa_choices": [list(p) for p in tree]}
+    (path / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return path

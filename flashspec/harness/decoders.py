@@ -1,6 +1,7 @@
-"""What a run decodes with: flashspec's engine, or transformers' `generate` as an outside baseline.
+"""What a run decodes with: flashspec's engine, or as outside baselines transformers' `generate` or the
+Medusa / EAGLE authors' own code (run in their environment by official_worker.py).
 
-Both return a `GenerationResult`; `generate` reports no steps, arms or trace (steps=0 marks that), so its
+All return a `GenerationResult`; the baselines report no steps, arms or trace (steps=0 marks that), so their
 tau and alpha stay empty in the CSV. The autoregressive baseline's engine is kept per process, keyed by
 config, so a sweep loads it once, and its timing of each prompt is measured once and reused.
 """
@@ -8,16 +9,20 @@ config, so a sweep loads it once, and its timing of each prompt is measured once
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from flashspec.config import FlashSpecConfig, SamplingConfig
+from flashspec.drafters.shared_head import hf_model, is_shared_head
 from flashspec.engine import SpeculativeEngine, eos_token_ids
 from flashspec.harness.schema import RunConfig, baseline_config, engine_config, gammas
 from flashspec.metrics import GenerationResult
-from flashspec.models import load_hf
+from flashspec.models import load_hf, resolve_name
 
 BASELINE_ENGINE: dict[str, SpeculativeEngine] = {}
 BASELINE_RESULTS: dict[tuple, GenerationResult] = {}
@@ -48,7 +53,7 @@ class FlashSpecDecoder:
 class HFDecoder:
     def __init__(self, cfg: RunConfig) -> None:
         self.model, self.tokenizer = load_hf(cfg.target.model, cfg.target)
-        self.kwargs = hf_kwargs(cfg, self.tokenizer)
+        self.kwargs = hf_kwargs(cfg, self.tokenizer, self.model)
         self.eos = eos_token_ids(self.tokenizer, self.model)
         self.device, self.seed = cfg.target.device, cfg.sampling.seed
 
@@ -75,7 +80,7 @@ class HFDecoder:
         """`generate` keeps nothing between calls (the assistant's length schedule is constant)."""
 
 
-def hf_kwargs(cfg: RunConfig, tokenizer) -> dict:
+def hf_kwargs(cfg: RunConfig, tokenizer, model) -> dict:
     """`generate` arguments matching the run's sampling, cache and drafter settings."""
     s: SamplingConfig = cfg.sampling
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -85,17 +90,63 @@ def hf_kwargs(cfg: RunConfig, tokenizer) -> dict:
     if cfg.method.cache_implementation:
         kwargs["cache_implementation"] = cfg.method.cache_implementation
     if cfg.method.assistant:
-        kwargs["assistant_model"], _ = load_hf(cfg.draft_model, cfg.target)
+        # A shared-head draft (flashspec/drafters/shared_head.py) becomes a whole model on the target's tensors.
+        if is_shared_head(cfg.draft_model):
+            kwargs["assistant_model"] = hf_model(cfg.draft_model, model)
+        else:
+            kwargs["assistant_model"], _ = load_hf(cfg.draft_model, cfg.target)
         kwargs |= {"num_assistant_tokens": gammas(cfg)[0], "num_assistant_tokens_schedule": "constant"}
     if cfg.method.prompt_lookup:
         kwargs["prompt_lookup_num_tokens"] = gammas(cfg)[0]
     return kwargs
 
 
-Decoder = FlashSpecDecoder | HFDecoder
+class OfficialDecoder:
+    """The authors' eagenerate / medusa_generate (greedy) in a worker process under `method.python`."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        target, drafter = resolve_name(cfg.target.model), resolve_name(cfg.method.drafter)
+        self.tokenizer = AutoTokenizer.from_pretrained(target)
+        worker = Path(__file__).with_name("official_worker.py")
+        command = [cfg.method.python, str(worker), "--code", cfg.method.official, "--target", target, "--drafter",
+                   drafter, "--device", cfg.target.device, "--dtype", cfg.target.dtype,
+                   "--args", json.dumps(cfg.method.official_args)]
+        self.worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.method = cfg.method.name
+        self._reply()  # their model is loaded
+
+    def _reply(self) -> dict:
+        line = self.worker.stdout.readline()
+        if not line:
+            raise RuntimeError(f"method={self.method}: the authors' code stopped (its error is above): see "
+                               "docs/baselines.md for the environment it needs")
+        return json.loads(line)
+
+    def generate(self, ids: list[int], max_new_tokens: int) -> GenerationResult:
+        self.worker.stdin.write(json.dumps({"ids": ids, "max_new_tokens": max_new_tokens}) + "\n")
+        self.worker.stdin.flush()
+        reply = self._reply()
+        return GenerationResult(
+            text=self.tokenizer.decode(reply["ids"], skip_special_tokens=True), token_ids=reply["ids"],
+            prompt_tokens=len(ids), steps=0, arms={}, trace=[], wall_time_s=reply["seconds"],
+            ttft_s=float("nan"),
+        )
+
+    def forget(self) -> None:
+        """Their generate calls keep nothing that changes what is measured."""
+
+    def __del__(self) -> None:
+        if getattr(self, "worker", None) is not None and self.worker.poll() is None:
+            self.worker.stdin.close()
+            self.worker.wait(timeout=60)
+
+
+Decoder = FlashSpecDecoder | HFDecoder | OfficialDecoder
 
 
 def decoder(cfg: RunConfig) -> Decoder:
+    if cfg.method.backend == "official":
+        return OfficialDecoder(cfg)
     return HFDecoder(cfg) if cfg.method.backend == "hf_generate" else FlashSpecDecoder(cfg)
 
 

@@ -29,7 +29,8 @@ from flashspec.harness.data import PROJECT_ROOT, DatasetConfig
 from flashspec.models import resolve_name
 from flashspec.models.tiny import BUILTIN
 
-METHODS = ("flashspec", "hf_generate")
+METHODS = ("flashspec", "hf_generate", "official")
+OFFICIAL = ("eagle", "medusa")  # the authors' code method.backend=official runs (flashspec/harness/official_worker.py)
 
 
 @dataclass
@@ -45,6 +46,10 @@ class MethodConfig:
     cache_implementation: str | None = None  # hf_generate: "static" for a static KV cache, None = dynamic
     assistant: bool = False  # hf_generate: draft_model as assistant_model, drafting gamma tokens per step
     prompt_lookup: bool = False  # hf_generate: prompt_lookup_num_tokens = gamma
+    official: str = ""  # official: whose code decodes (eagle | medusa), greedy, in their own environment
+    python: str = "python"  # official: the interpreter of that environment (docs/baselines.md)
+    drafter: str = ""  # official: the head, in its authors' layout (scripts/train_drafters.py --format)
+    official_args: dict[str, Any] = field(default_factory=dict)  # official: keywords of their generate call
 
 
 @dataclass
@@ -60,6 +65,7 @@ class RunConfig:
     # and arms/all; "" where the target has none.
     medusa_model: str = ""
     eagle_model: str = ""
+    eagle3_model: str = ""  # an EAGLE-3 head as its authors release it (arms/eagle3)
     streaming_model: str = ""
     gamma: Any = 4  # an int, or a list: every (arm, gamma) pair is an arm of the bandit
     verifier: str = "auto"  # auto | reference | triton
@@ -171,6 +177,12 @@ def check(cfg: RunConfig) -> None:
         raise ValueError(f"method={cfg.method.name} needs a draft model: set draft_model=<path or hub id>")
     if cfg.threads is not None and cfg.threads < 1:
         raise ValueError(f"threads={cfg.threads}: use a positive count, or null for the default")
+    if cfg.method.backend == "official":
+        if cfg.method.official not in OFFICIAL or not cfg.method.drafter:
+            raise ValueError(f"method={cfg.method.name}: set method.official to one of {', '.join(OFFICIAL)} and "
+                             "method.drafter to a head in its authors' layout (docs/baselines.md)")
+        if not cfg.sampling.greedy:
+            raise ValueError(f"method={cfg.method.name} runs the authors' greedy decoding only: use sampling=greedy")
     gammas(cfg)
 
 
@@ -191,6 +203,8 @@ def models(cfg: RunConfig) -> list[tuple[str, str]]:
         named += [(f"arms.arms[{i}].model", arm.model) for i, arm in enumerate(cfg.arms.arms) if arm.model]
     if cfg.method.assistant:
         named.append(("draft_model", cfg.draft_model))
+    if cfg.method.backend == "official":
+        named.append(("method.drafter", cfg.method.drafter))
     return named
 
 
@@ -207,6 +221,8 @@ def check_model_path(setting: str, name: str) -> None:
 
 
 def uses_gamma(cfg: RunConfig) -> bool:
+    if cfg.method.backend == "official":  # their trees are their own
+        return False
     if cfg.method.backend == "hf_generate":
         return cfg.method.assistant or cfg.method.prompt_lookup
     return cfg.bandit.policy != "none"
@@ -215,11 +231,15 @@ def uses_gamma(cfg: RunConfig) -> bool:
 def effective(cfg: RunConfig) -> dict:
     """The settings this run reads; the basis of its config hash."""
     # The drafter checkpoints enter through the arms that read them, resolved.
-    drafters = ("progress", "medusa_model", "eagle_model", "streaming_model")
+    drafters = ("progress", "medusa_model", "eagle_model", "eagle3_model", "streaming_model")
     out = {k: v for k, v in asdict(cfg).items() if k not in drafters}
     if cfg.threads is None:  # the default: runs made before the setting existed keep their hashes
         del out["threads"]
-    if cfg.method.backend == "hf_generate":
+    del out["method"]["python"]  # where the authors' environment lives changes nothing measured
+    if cfg.method.backend != "official":  # runs made before the backend existed keep their hashes
+        for key in ("official", "drafter", "official_args"):
+            del out["method"][key]
+    if cfg.method.backend in ("hf_generate", "official"):
         del out["bandit"], out["verifier"], out["arms"]
         if not cfg.method.assistant:
             del out["draft_model"]

@@ -13,7 +13,7 @@ from torch import Tensor
 class Scores:
     logits: Tensor  # [n, V] float32, one row per new token
     hidden: Tensor  # [n, D] final hidden state (after the last norm), the feature EAGLE / Medusa heads read
-    # [n, D] the residual stream entering layer `capture_layer` (models that capture one)
+    # [n, D] the residual stream entering layer `capture_layer` (models that capture one; [n, k * D] for k layers)
     layer_hidden: Tensor | None = None
 
     def rows(self, index: slice | Tensor) -> Scores:
@@ -29,7 +29,7 @@ class CausalLM(ABC):
     max_context: int
     supports_tree: bool = False
     length: int = 0
-    capture_layer: int | None = None  # fill Scores.layer_hidden with this layer's input (models that can)
+    capture_layer: int | tuple[int, ...] | None = None  # fill Scores.layer_hidden with these layers' inputs
     rollback_problem: str | None = None  # why `crop` cannot work (then only autoregressive decoding can)
     per_token_rope: bool = False  # rotates every token as `generate` does, whatever the RoPE type
 

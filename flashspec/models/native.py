@@ -31,6 +31,7 @@ from flashspec.models.fidelity import rope_limit
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 GRAPH_TOKENS = 32  # chains up to this long are decoding steps (one graph per length); longer ones: prefill
+LAYER_COMPILES = 64  # Dynamo's limit on compiled versions of the layer's code, shared by a process's models
 
 
 def is_supported(model: PreTrainedModel) -> bool:
@@ -50,6 +51,7 @@ class Step:
 
 
 class NativeLlama(CausalLM):
+    captured: tuple[int, ...] = ()  # the layers whose inputs Scores.layer_hidden holds (set_capture_layer)
     supports_tree = True
 
     def __init__(
@@ -93,17 +95,22 @@ class NativeLlama(CausalLM):
             raise ValueError(f"attention={attention!r}: use auto, triton or reference")
         self.decode_attention = IMPLEMENTATIONS[attention]
         self.compiled = graphs and (self.capture if compile is None else compile)
-        self.layer = torch.compile(self._layer) if self.compiled else self._layer
+        # Compiled, the step's ends (embedding and rotary; final norm and LM head) are a few fused kernels too.
+        self.layer, self.embed, self.head = (compile_layer(f) if self.compiled else f
+                                             for f in (self._layer, self._embed, self._head))
 
     def reset(self) -> None:
         self.length = 0  # stale entries are never attended: the mask stops at `length`
 
-    def set_capture_layer(self, layer: int | None) -> None:
-        """Return the residual stream entering `layer` as Scores.layer_hidden from every forward."""
-        if layer is not None and not 0 <= layer < len(self.model.model.layers):
-            last = len(self.model.model.layers) - 1
+    def set_capture_layer(self, layer: int | tuple[int, ...] | None) -> None:
+        """Return the residual stream entering `layer` as Scores.layer_hidden from every forward; several
+        layers (EAGLE-3's low, middle and high features): their inputs side by side, [n, len(layers) * D]."""
+        layers = (layer,) if isinstance(layer, int) else tuple(layer or ())
+        last = len(self.model.model.layers) - 1
+        if any(not 0 <= i <= last for i in layers):
             raise ValueError(f"capture_layer={layer}: the model has layers 0 to {last}")
         self.capture_layer = layer
+        self.captured = layers
         self.steps.clear()  # graphs captured before do not write the new output
 
     @torch.inference_mode()
@@ -131,15 +138,16 @@ class NativeLlama(CausalLM):
             cos, sin = per_token_rotary(lm.rotary_emb, x, host_positions, self.prompt_length, self.rope_limit[1])
         else:
             cos, sin = lm.rotary_emb(x, positions[None])
-        captured = None
+        captured = []
         for i, layer in enumerate(lm.layers):
-            if i == self.capture_layer:
-                captured = x[0]
+            if i in self.captured:
+                captured.append(x[0])
             x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, slots, masks[i])
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         hidden = lm.norm(x)[0]
         self.length = start + n
-        return Scores(self.model.lm_head(hidden).float(), hidden, captured)
+        layer_hidden = torch.cat(captured, -1) if captured else None
+        return Scores(self.model.lm_head(hidden).float(), hidden, layer_hidden)
 
     def _attention(
         self, i: int, attn, x: Tensor, cos: Tensor, sin: Tensor, slots: Tensor, mask: Tensor
@@ -193,48 +201,65 @@ class NativeLlama(CausalLM):
 
     def _decode(self, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Logits, hidden states and captured layer input of the block, every shape fixed by its length."""
+        dynamic = self.compiled and len(tokens) > 1  # one compiled version for every n > 1 (n = 1 gets its own)
+        if dynamic:
+            for t in (tokens, positions):
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+        x, delta, cos, sin = self.embed(tokens, positions)
+        masks = self._window_masks(positions)
+        if dynamic:
+            windowed = ((m, 0) for m in set(masks) if m is not None)
+            for t, dim in ((x, 1), (delta, 1), (cos, 1), (sin, 1), *windowed):
+                torch._dynamo.maybe_mark_dynamic(t, dim)
+        captured = []
+        for i, parts in enumerate(zip(self.model.model.layers, self.fused, self.k_cache, self.v_cache, strict=True)):
+            if i in self.captured:
+                captured.append((x + delta)[0])
+            x, delta = self.layer(*parts, x, delta, cos, sin, masks[i], positions)
+        logits, hidden = self.head(x, delta)
+        return logits, hidden, torch.cat(captured, -1) if captured else None
+
+    def _embed(self, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The block's embeddings, a zero delta (the residual stream is x + delta: each layer returns its MLP's
+        output as the next one's delta, which that layer adds inside its first norm's kernel, so no layer
+        needs an add kernel of its own) and the rotary cos, sin of its positions."""
         lm = self.model.model
         x = lm.embed_tokens(tokens)[None]
         cos, sin = lm.rotary_emb(x, positions[None])
-        masks = self._window_masks(positions)
-        if self.compiled and len(tokens) > 1:  # one compiled layer for every n > 1 (n = 1 gets its own)
-            windowed = ((m, 0) for m in set(masks) if m is not None)
-            for t, dim in ((x, 1), (cos, 1), (sin, 1), *windowed, (positions, 0)):
-                torch._dynamo.maybe_mark_dynamic(t, dim)
-        captured = None
-        for i, parts in enumerate(zip(lm.layers, self.fused, self.k_cache, self.v_cache, strict=True)):
-            if i == self.capture_layer:
-                captured = x[0]
-            x = self.layer(*parts, x, cos, sin, masks[i], positions)
-        hidden = lm.norm(x)[0]
-        return self.model.lm_head(hidden).float(), hidden, captured
+        return x, torch.zeros_like(x), cos, sin
+
+    def _head(self, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = self.model.model.norm(x + delta)[0]
+        return self.model.lm_head(hidden).float(), hidden
 
     def _layer(
-        self, layer: nn.Module, fused: tuple, k_cache: Tensor, v_cache: Tensor, x: Tensor, cos: Tensor,
-        sin: Tensor, mask: Tensor | None, positions: Tensor,
-    ) -> Tensor:
-        """One decoder layer; a pure function of its inputs, so compiling it once serves every layer. Token i
-        sees cache slots up to positions[i] (within its window, where `mask` gives one); the slots after the
-        block hold stale entries or nothing."""
+        self, layer: nn.Module, fused: tuple, k_cache: Tensor, v_cache: Tensor, x: Tensor, delta: Tensor,
+        cos: Tensor, sin: Tensor, mask: Tensor | None, positions: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """One decoder layer on the residual stream x + delta; returns the stream after attention and the MLP's
+        output (the next layer's delta). A pure function of its inputs, so compiling it once serves every layer.
+        Token i sees cache slots up to positions[i] (within its window, where `mask` gives one); the slots
+        after the block hold stale entries or nothing."""
         attn, mlp = layer.self_attn, layer.mlp
         qkv, qkv_bias, gate_up, gate_up_bias = fused
         n = x.shape[1]
+        x = x + delta
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         q, k, v = F.linear(layer.input_layernorm(x), qkv, qkv_bias).split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(1, n, self.n_heads, self.head_dim)
         k = k.view(1, n, self.n_kv_heads, self.head_dim)
         if hasattr(attn, "q_norm"):
             q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+        turned, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
         k_cache.index_copy_(1, positions, k[0].transpose(0, 1))
         v_cache.index_copy_(1, positions, v.view(n, self.n_kv_heads, self.head_dim).transpose(0, 1))
-        if mask is None:
-            out = self.decode_attention(q[0], k_cache, v_cache, positions)
+        if mask is None:  # the decode attention rotates q as it loads it: no kernel of its own for that
+            out = self.decode_attention(q[0], k_cache, v_cache, positions, cos[0], sin[0])
         else:
-            out = grouped_attention(q[0], k_cache, v_cache, mask)
+            out = grouped_attention(turned[0], k_cache, v_cache, mask)
         x = x + attn.o_proj(out.view(1, n, -1))
         gate, up = F.linear(layer.post_attention_layernorm(x), gate_up, gate_up_bias).chunk(2, dim=-1)
-        return x + mlp.down_proj(mlp.act_fn(gate) * up)
+        return x, mlp.down_proj(mlp.act_fn(gate) * up)
 
     def _window_masks(self, positions: Tensor) -> list[Tensor | None]:
         """Per layer, None where the decode-attention kernel serves (it reads the used length off `positions`);
@@ -254,6 +279,19 @@ class NativeLlama(CausalLM):
         for cache in self.k_cache + self.v_cache:
             cache[:, dst] = cache[:, src]
         self.length = start + len(nodes)
+
+
+def compile_layer(fn):
+    """`fn` (the layer, or one of the step's ends) compiled with static shapes. Every NativeLlama of a process
+    shares these methods' code objects, so with Dynamo's automatic dynamic shapes a second model (another
+    width, head count or cache length) would get them recompiled with symbolic sizes, and slower kernels: on
+    the CPU (TORCH_LOGS=recompiles) a model loaded after models of other shapes, as the harness's after the
+    bench's, recompiled its layer with the cache length, widths and head counts dynamic. Static, each model
+    adds its own two versions (n = 1, and n > 1 marked dynamic), which Dynamo's default limit of 8 would cut
+    off into eager after four models."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, LAYER_COMPILES)
+    return torch.compile(fn, dynamic=False)
 
 
 def per_token_rotary(rotary: nn.Module, x: Tensor, positions: Tensor, prompt_length: int, limit: int):

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from flashspec.drafters.eagle import EagleHead, head_config, save_eagle
+from flashspec.drafters.eagle import EagleHead, head_config, save_eagle, save_official_eagle
 from flashspec.train.distill import target_hidden
-from flashspec.train.feature_drafters import train_drafter
+from flashspec.train.feature_drafters import Distilled, train_drafter
 
 NOISE = 0.1  # EAGLE's U(-0.1, 0.1) feature augmentation
 CLS_WEIGHT = 0.1
@@ -49,14 +49,22 @@ def eagle_loss(head: EagleHead, target: PreTrainedModel, states: Tensor, generat
 
 
 def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: str | None = None,
-          seed: int = 0, time_budget_s: float | None = None) -> dict:
+          seed: int = 0, time_budget_s: float | None = None, data: Distilled | None = None,
+          official: bool = False) -> dict:
     """Train an EAGLE head for the target at `target_path` into `out_dir` (for `time_budget_s` seconds,
-    default the preset's); returns the training record."""
+    default the preset's); returns the training record. `official`: EAGLE-1/2's head (no input norm on its
+    layer), written in their layout (save_official_eagle), which their code loads."""
     def make(target: PreTrainedModel):
-        head = EagleHead(head_config(target.config)).to(target.device)
+        head = EagleHead(head_config(target.config), input_norm=not official).to(target.device)
+
+        def save(path: str, record: dict, _: Tensor) -> None:
+            if official:
+                save_official_eagle(path, head, target.get_input_embeddings().weight, target.config)
+            else:
+                save_eagle(path, head, target.config, record)
+
         return (head, lambda windows: eagle_states(target, windows),
-                lambda states, g: eagle_loss(head, target, states, g),
-                lambda path, record, _: save_eagle(path, head, target.config, record))
+                lambda states, g: eagle_loss(head, target, states, g), save)
 
     return train_drafter("eagle", make, target_path, str(out_dir), preset, device, seed,
-                         time_budget_s=time_budget_s)
+                         time_budget_s=time_budget_s, data=data)

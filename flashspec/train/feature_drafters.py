@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from flashspec.config import TargetConfig
 from flashspec.models import load_hf
-from flashspec.train.distill import distill_split
+from flashspec.train.distill import INSTRUCTIONS, corpus_streams, distill_split, prompts_of
 
 # One training step: a batch of windows -> (loss to minimise, per-position agreement metrics).
 LossFn = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]
@@ -30,18 +30,37 @@ class FitConfig:
     lr: float
     max_steps: int
     time_budget_s: float  # training stops at max_steps or here, whichever comes first
-    prompt_len: int = 16  # corpus tokens before the target's continuation in each window
+    prompt_len: int = 16  # prompt tokens before the target's continuation (chat prompts: at least that many)
     corpus_mb: float = 0.3  # corpus read for the prompts (on-disk MB of each kind)
+    gen_batch: int = 256  # windows the target continues at once (one batched generate)
+    chat: bool = True  # chat prompts (distill.chat_prompts) where the tokenizer has a chat template
+    eval_prompts: int = 4  # prompts of the held-out files, made the same way, for a quick tau afterwards
 
 
+# h100: 4096 windows, generated 2048 at a time (one greedy, one sampled generate of 160 tokens), made once for
+# every drafter of a scripts/train_drafters.py run: the whole run is meant to fit in 4 minutes on one GPU.
 FIT = {
     "tiny": FitConfig(seq_len=48, windows=96, heldout=16, batch_size=8, lr=3e-3, max_steps=150,
-                      time_budget_s=20),
+                      time_budget_s=20, chat=False),
     "cpu": FitConfig(seq_len=128, windows=1024, heldout=32, batch_size=8, lr=2e-3, max_steps=5_000,
                      time_budget_s=600, prompt_len=32, corpus_mb=2),
-    "h100": FitConfig(seq_len=256, windows=8192, heldout=128, batch_size=32, lr=1e-3, max_steps=20_000,
-                      time_budget_s=150, prompt_len=64, corpus_mb=4),
+    "h100": FitConfig(seq_len=256, windows=4096, heldout=128, batch_size=32, lr=1e-3, max_steps=20_000,
+                      time_budget_s=150, prompt_len=96, corpus_mb=4, gen_batch=2048, eval_prompts=8),
 }
+
+
+@dataclass
+class Distilled:
+    """The frozen target and its self-distilled (training, held-out) windows: made once, shared by every
+    drafter trained in one run."""
+
+    target: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    windows: Tensor
+    heldout: Tensor
+    eval_prompts: Tensor  # [m, L] prompts of the corpus files the family holds out (never trained on)
+    chat: bool  # whether the prompts are chat prompts
+    seconds: float  # loading the target and making the data
 
 
 def log(msg: str) -> None:
@@ -53,6 +72,24 @@ def load_target(path: str, device: str) -> tuple[PreTrainedModel, PreTrainedToke
     model, tokenizer = load_hf(path, TargetConfig(model=path, device=device, dtype="float32"))
     model.requires_grad_(False)
     return model.eval(), tokenizer
+
+
+def distill(target_path: str, preset: str, device: str | None, seed: int, chat: bool | None = None) -> Distilled:
+    """Load the target and self-distill the FIT preset's windows from it (`chat` replaces the preset's)."""
+    if preset not in FIT:
+        raise ValueError(f"unknown preset {preset!r}: use one of {sorted(FIT)}")
+    cfg, t0 = FIT[preset], time.monotonic()
+    chat = cfg.chat if chat is None else chat
+    target, tokenizer = load_target(target_path, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    train_stream, heldout_stream = corpus_streams(tokenizer, cfg.corpus_mb)
+    prompts = prompts_of(tokenizer, train_stream, cfg.windows + cfg.heldout, cfg.prompt_len, seed, chat)
+    windows, heldout = distill_split(target, tokenizer, prompts, cfg.heldout, cfg.seq_len - cfg.prompt_len, seed,
+                                     cfg.gen_batch)
+    evals = prompts_of(tokenizer, heldout_stream, cfg.eval_prompts, cfg.prompt_len, seed, chat)
+    chat = chat and bool(tokenizer.chat_template)
+    log(f"{cfg.windows} + {cfg.heldout} self-distilled windows of {windows.shape[1]} tokens "
+        f"({'chat' if chat else 'plain'} prompts) in {time.monotonic() - t0:.0f} s")
+    return Distilled(target, tokenizer, windows, heldout, evals, chat, round(time.monotonic() - t0, 1))
 
 
 def fit(params: list[Tensor] | list[dict], loss_fn: LossFn, windows: Tensor, cfg: FitConfig, seed: int) -> dict:
@@ -100,15 +137,18 @@ def evaluate(loss_fn: LossFn, windows: Tensor, batch_size: int, seed: int = 0) -
 
 def training_record(kind: str, target_path: str, preset: str, seed: int, device: str, cfg: FitConfig, stats: dict,
                     before: tuple[float, list[float]], after: tuple[float, list[float]], t0: float,
-                    **extra: object) -> dict:
+                    data: Distilled, **extra: object) -> dict:
     """The JSON record saved beside a self-distilled drafter: where its data came from, the fit's statistics,
     held-out loss and top-1 agreement before and after training."""
+    prompts = (f"chat prompts (the target's chat template; instructions {list(INSTRUCTIONS)}) over corpus windows"
+               if data.chat else "corpus windows")
     return {
         "kind": kind, "target": target_path, "preset": preset, "seed": seed, "device": device, "lr": cfg.lr,
         "time_budget_s": cfg.time_budget_s, **extra,
-        "data": {"source": "self-distilled: corpus windows (training split) continued by the target, half "
-                           "greedy, half at temperature 1", "windows": cfg.windows,
-                 "heldout_windows": cfg.heldout, "seq_len": cfg.seq_len, "prompt_len": cfg.prompt_len},
+        "data": {"source": f"self-distilled: {prompts} (training split) continued by the target, half greedy, "
+                           "half at temperature 1", "windows": len(data.windows),
+                 "heldout_windows": len(data.heldout), "seq_len": data.windows.shape[1],
+                 "prompt_len": data.windows.shape[1] - (cfg.seq_len - cfg.prompt_len), "data_time_s": data.seconds},
         **stats, "heldout_loss_before": round(before[0], 4), "heldout_loss": round(after[0], 4),
         "heldout_top1_agreement_before": [round(a, 4) for a in before[1]],
         "heldout_top1_agreement": [round(a, 4) for a in after[1]],
@@ -127,24 +167,24 @@ Maker = Callable[
 
 def train_drafter(kind: str, make: Maker, target_path: str, out_dir: str, preset: str, device: str | None,
                   seed: int, lr: float | None = None, time_budget_s: float | None = None,
-                  groups: Callable[[torch.nn.Module], list[dict]] | None = None, extra: dict | None = None) -> dict:
-    """Self-distill data from the target, train the drafter, evaluate it before and after on held-out
-    windows, save it with its training record to `out_dir`; returns that record. `lr` and `time_budget_s`
-    replace the FIT preset's when given; `groups(drafter)`: AdamW parameter groups for fit (default: one group
-    of every trainable parameter); `extra`: more fields of the record (the drafter's shape)."""
+                  groups: Callable[[torch.nn.Module], list[dict]] | None = None, extra: dict | None = None,
+                  data: Distilled | None = None) -> dict:
+    """Self-distill data from the target (or take `data`, made by `distill` for several drafters), train the
+    drafter, evaluate it before and after on held-out windows, save it with its training record to `out_dir`;
+    returns that record. `lr` and `time_budget_s` replace the FIT preset's when given; `groups(drafter)`: AdamW
+    parameter groups for fit (default: one group of every trainable parameter); `extra`: more fields of the
+    record (the drafter's shape)."""
     if preset not in FIT:
         raise ValueError(f"unknown preset {preset!r}: use one of {sorted(FIT)}")
     cfg, t0 = FIT[preset], time.monotonic()
     cfg = replace(cfg, lr=cfg.lr if lr is None else lr,
                   time_budget_s=cfg.time_budget_s if time_budget_s is None else time_budget_s)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    target, tokenizer = load_target(target_path, device)
+    data = data or distill(target_path, preset, device, seed)
+    target = data.target
     torch.manual_seed(seed)
     drafter, states, loss_fn, save = make(target)
-    windows, heldout = distill_split(target, tokenizer, cfg.windows, cfg.heldout, cfg.seq_len, seed,
-                                     cfg.prompt_len, cfg.corpus_mb)
-    windows, heldout = states(windows), states(heldout)
-    log(f"{kind}: {cfg.windows} + {cfg.heldout} self-distilled windows in {time.monotonic() - t0:.0f} s")
+    windows, heldout = states(data.windows), states(data.heldout)
+    log(f"{kind}: the target's states of the windows in {time.monotonic() - t0:.0f} s")
     before_loss, before = evaluate(loss_fn, heldout, cfg.batch_size)
     drafter.train()
     params = groups(drafter) if groups else [p for p in drafter.parameters() if p.requires_grad]
@@ -152,8 +192,8 @@ def train_drafter(kind: str, make: Maker, target_path: str, out_dir: str, preset
     drafter.eval()
     after_loss, after = evaluate(loss_fn, heldout, cfg.batch_size)
     trained = sum(p.numel() for p in drafter.parameters() if p.requires_grad)
-    record = training_record(kind, target_path, preset, seed, device, cfg, stats, (before_loss, before),
-                             (after_loss, after), t0, **(extra or {}), params=trained)
+    record = training_record(kind, target_path, preset, seed, str(target.device), cfg, stats,
+                             (before_loss, before), (after_loss, after), t0, data, **(extra or {}), params=trained)
     save(out_dir, record, heldout)
     log(f"{kind}: held-out top-1 agreement {record['heldout_top1_agreement']} "
         f"(untrained {record['heldout_top1_agreement_before']}) -> {out_dir}")

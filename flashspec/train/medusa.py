@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from flashspec.drafters.medusa import MedusaHeads, save_medusa
+from flashspec.drafters.medusa import MedusaHeads, save_medusa, save_official_medusa, sparse_tree
 from flashspec.train.distill import target_hidden
-from flashspec.train.feature_drafters import FIT, train_drafter
+from flashspec.train.feature_drafters import FIT, Distilled, train_drafter
 
 DECAY = 0.8  # Medusa's weight decay over the heads: later heads are harder and matter less
 RANKS = 8  # candidates per head whose accuracy shapes the tree
@@ -75,9 +75,11 @@ def rank_accuracy(heads: MedusaHeads, hidden: Tensor, batch_size: int) -> list[l
 
 
 def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: str | None = None,
-          seed: int = 0, time_budget_s: float | None = None) -> dict:
+          seed: int = 0, time_budget_s: float | None = None, data: Distilled | None = None,
+          official: bool = False) -> dict:
     """Train Medusa heads for the target at `target_path` into `out_dir` (for `time_budget_s` seconds, default
-    the preset's train_s); returns the training record."""
+    the preset's train_s); returns the training record. `official`: write them in Medusa-1's layout
+    (save_official_medusa), which their code loads, instead of ours."""
     if preset not in SHAPES:
         raise ValueError(f"unknown preset {preset!r}: use one of {sorted(SHAPES)}")
     shape, batch_size = SHAPES[preset], FIT[preset].batch_size
@@ -87,11 +89,14 @@ def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: s
 
         def save(path: str, record: dict, heldout: Tensor) -> None:
             accuracy = rank_accuracy(heads, heldout, batch_size)  # shapes the checkpoint's sparse tree
-            save_medusa(path, heads, target.config, [[round(a, 4) for a in row] for row in accuracy], record)
+            if official:
+                save_official_medusa(path, heads, sparse_tree(accuracy), target_path)
+            else:
+                save_medusa(path, heads, target.config, [[round(a, 4) for a in row] for row in accuracy], record)
 
         return (heads, lambda windows: target_hidden(target, windows),
                 lambda hidden, g: medusa_loss(heads, hidden), save)
 
     budget = shape.train_s if time_budget_s is None else time_budget_s
     return train_drafter("medusa", make, target_path, str(out_dir), preset, device, seed, lr=shape.lr,
-                         time_budget_s=budget, extra={"heads": shape.heads, "rank": shape.rank})
+                         time_budget_s=budget, extra={"heads": shape.heads, "rank": shape.rank}, data=data)

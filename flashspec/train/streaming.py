@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 
 from flashspec.drafters.layers import project
 from flashspec.drafters.streaming import StreamingDrafter, default_lora, save_streaming
-from flashspec.train.feature_drafters import train_drafter
+from flashspec.train.feature_drafters import Distilled, train_drafter
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def streaming_loss(
 
 
 def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: str | None = None,
-          seed: int = 0, time_budget_s: float | None = None) -> dict:
+          seed: int = 0, time_budget_s: float | None = None, data: Distilled | None = None) -> dict:
     """Train a Speculative Streaming drafter for the target at `target_path` into `out_dir` (for
     `time_budget_s` seconds, default the preset's); returns the training record."""
     if preset not in PRESETS:
@@ -115,4 +115,4 @@ def train(target_path: str, out_dir: str | Path, preset: str = "tiny", device: s
         return [{"params": lora}, {"params": [drafter.streams], "lr_scale": shape.stream_lr_scale}]
 
     return train_drafter("streaming", make, target_path, str(out_dir), preset, device, seed, lr=shape.lr,
-                         time_budget_s=time_budget_s, groups=groups)
+                         time_budget_s=time_budget_s, groups=groups, data=data)

@@ -6,8 +6,9 @@ top-p threshold and runs the acceptance test of that row's draft; the last row o
 finds the first rejection and samples the residual (or bonus) token by inverse CDF. "Last to finish"
 needs no grid-wide barrier, so any grid size is safe, and the interpreter (sequential programs) runs it.
 
-Thresholds are exact: multi-way bisection over logit values, each step snapped to actual logits, first by
-passes over the row, then over the few candidates left, in registers.
+Thresholds are exact: among each chunk's largest logits when they hold them; else multi-way bisection over
+logit values, each step snapped to actual logits, first across the row's chunks (_search_kernel, one launch
+a step), then over the few logits left, in registers.
 
 Non-finite logits are the caller's check (the engine folds it into its one host sync per step).
 """
@@ -20,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.compiler import CompiledKernel
 from triton.runtime.jit import JITFunction
 
 from flashspec.verify.reference import check_inputs
@@ -99,14 +101,15 @@ def _pivot_stats(x, e, piv, hi):
 
 
 @triton.jit
-def _pivot_stats_row(x_row, V: tl.constexpr, piv, hi, zm, T, BLOCK_V: tl.constexpr, P: tl.constexpr):
-    """_pivot_stats over a whole logit row, one pass."""
+def _pivot_stats_range(x_row, V: tl.constexpr, start, LENGTH: tl.constexpr, piv, hi, zm, T, BLOCK_V: tl.constexpr,
+                       P: tl.constexpr):
+    """_pivot_stats over logits [start, start + LENGTH) of a row (the whole row, or one program's chunk)."""
     count = tl.zeros([P], tl.float32)
     mass = tl.zeros([P], tl.float64)
     up = tl.full([P], float("inf"), tl.float32)
     down = tl.full([P], -float("inf"), tl.float32)
-    for off in range(0, V, BLOCK_V):
-        offs = off + tl.arange(0, BLOCK_V)
+    for off in range(0, LENGTH, BLOCK_V):
+        offs = start + off + tl.arange(0, BLOCK_V)
         x = tl.load(x_row + offs, mask=offs < V, other=-float("inf")).to(tl.float32)
         b_count, b_mass, b_up, b_down = _pivot_stats(x, _exp(x, zm, T), piv, hi)
         count += b_count
@@ -154,16 +157,17 @@ def _gather(x_row, V: tl.constexpr, lo, hi, cand_ptr, BLOCK_V: tl.constexpr, CAP
 
 
 @triton.jit
-def _threshold(x_row, V: tl.constexpr, lo, hi, n_in, mass_in, zm, T, target, cand_ptr, BY_MASS: tl.constexpr,
-               BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr):
+def _threshold(x_row, V: tl.constexpr, lo, hi, n_in, mass_in, n_above, mass_above, zm, T, target, cand_ptr,
+               BY_MASS: tl.constexpr, BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr,
+               P_CAND: tl.constexpr):
     """Largest logit t with F(t) >= target, F(t) = count (or exp mass) of logits >= t, and F's count and mass
-    at t. Needs logits lo <= t <= hi, n_in / mass_in = count / mass of the logits in [lo, hi], none above hi.
-    Multi-way bisection over values, snapped to logits: passes over the row (P_ROW pivots) until at most
-    CAP logits are left in [lo, hi], then on those in registers (P_CAND pivots)."""
-    n_above = tl.zeros([], tl.float32)
-    mass_above = tl.full([], 0, tl.float64)
+    at t. Needs logits lo <= t <= hi, n_in / mass_in = count / mass of the logits in [lo, hi], n_above /
+    mass_above (float32 / float64) those above hi. Multi-way bisection over values, snapped to logits: passes
+    over the row (P_ROW pivots) until at most CAP logits are left in [lo, hi], then on those in registers
+    (P_CAND pivots)."""
     while (lo < hi) & (n_in > CAP):
-        count, mass, up, down = _pivot_stats_row(x_row, V, _pivots(lo, hi, P_ROW), hi, zm, T, BLOCK_V, P_ROW)
+        count, mass, up, down = _pivot_stats_range(x_row, V, 0, V, _pivots(lo, hi, P_ROW), hi, zm, T, BLOCK_V,
+                                                   P_ROW)
         lo, hi, n_in, mass_in, n_above, mass_above = _narrow(lo, hi, n_above, mass_above, target,
                                                              count, mass, up, down, BY_MASS, P_ROW)
     if lo < hi:
@@ -314,11 +318,13 @@ def _search_thresholds(x_row, V: tl.constexpr, lo, m, mass, zm, T, top_k, top_p,
     """Top-k then top-p threshold of a row by passes over it (_threshold), and the mass they keep."""
     n_kept = V * 1.0
     tau = lo
+    none = tl.zeros([], tl.float32)  # nothing above the row's max
+    no_mass = tl.zeros([], tl.float64)
     if TOP_K:
-        tau, n_kept, mass = _threshold(x_row, V, lo, m, n_kept, mass, zm, T, top_k * 1.0, cand_ptr,
+        tau, n_kept, mass = _threshold(x_row, V, lo, m, n_kept, mass, none, no_mass, zm, T, top_k * 1.0, cand_ptr,
                                        False, BLOCK_V, CAP, P_ROW, P_CAND)
     if TOP_P:
-        tau, n_kept, mass = _threshold(x_row, V, tau, m, n_kept, mass, zm, T, mass * top_p, cand_ptr,
+        tau, n_kept, mass = _threshold(x_row, V, tau, m, n_kept, mass, none, no_mass, zm, T, mass * top_p, cand_ptr,
                                        True, BLOCK_V, CAP, P_ROW, P_CAND)
     return tau, mass
 
@@ -441,12 +447,15 @@ def _finish_chain_row(x_row, row, b, j, G, V: tl.constexpr, T, top_k, top_p, dra
                       uniforms_ptr, part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, cand_ptr, nsplit,
                       GREEDY: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr,
                       BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr,
-                      NSPLIT_P2: tl.constexpr, M: tl.constexpr, SORT: tl.constexpr):
+                      NSPLIT_P2: tl.constexpr, M: tl.constexpr, SORT: tl.constexpr, search_ptr,
+                      SEARCH: tl.constexpr):
     """_finish_row for the chain kernel: thresholds from the chunks' candidates when they hold them (one sort
-    in registers), by passes over the row otherwise."""
+    in registers); otherwise, with SEARCH, the row's search starts at search_ptr for _search_kernel to finish
+    (across programs), else by passes over the row here."""
     m, zm, mass, lo, am = _combine_chunks(part_ptr, part_arg_ptr, row, nsplit, T, V, GREEDY, NSPLIT_P2, 4)
     tau = -float("inf")  # keeps every logit
     inv_mass = 1.0
+    pending = 0
     if not GREEDY:
         if TOP_K or TOP_P:
             cand_ptr += row * CAP
@@ -455,11 +464,36 @@ def _finish_chain_row(x_row, row, b, j, G, V: tl.constexpr, T, top_k, top_p, dra
                                                      part_arg_ptr, cand_ptr, TOP_K, TOP_P, CAP, P_CAND, M,
                                                      NSPLIT_P2, SORT)
             if found == 0:  # a threshold among the logits left out: search the row (this reuses the buffer)
-                tau, mass = _search_thresholds(x_row, V, lo, m, full, zm, T, top_k, top_p, cand_ptr, TOP_K,
-                                               TOP_P, BLOCK_V, CAP, P_ROW, P_CAND)
+                if SEARCH:
+                    pending = 1
+                    none = tl.zeros([], tl.float64)
+                    if TOP_K:
+                        _store_search(search_ptr + row * 9, 1, lo, m, V * 1.0, full, none, none, top_k * 1.0, m)
+                    else:
+                        _store_search(search_ptr + row * 9, 2, lo, m, V * 1.0, full, none, none, full * top_p, m)
+                else:
+                    tau, mass = _search_thresholds(x_row, V, lo, m, full, zm, T, top_k, top_p, cand_ptr, TOP_K,
+                                                   TOP_P, BLOCK_V, CAP, P_ROW, P_CAND)
         inv_mass = (1.0 / mass).to(tl.float32)
-    _store_row_and_test(x_row, row, b, j, G, zm, inv_mass, tau, am, draft_tokens_ptr, draft_probs_ptr,
-                        uniforms_ptr, stats_ptr, argmax_ptr, flags_ptr, V, T, GREEDY, STOCHASTIC)
+    if pending == 0:
+        _store_row_and_test(x_row, row, b, j, G, zm, inv_mass, tau, am, draft_tokens_ptr, draft_probs_ptr,
+                            uniforms_ptr, stats_ptr, argmax_ptr, flags_ptr, V, T, GREEDY, STOCHASTIC)
+
+
+@triton.jit
+def _store_search(state_ptr, stage, lo, hi, n_in, mass_in, n_above, mass_above, target, m):
+    """A row's threshold search between passes, as float64 (exact for the float32 values): the stage (1: top-k,
+    2: top-p, 0: done), the interval [lo, hi] holding the threshold, the count and mass inside it and above it,
+    the target F must reach, and the row's max."""
+    tl.store(state_ptr, stage)
+    tl.store(state_ptr + 1, lo)
+    tl.store(state_ptr + 2, hi)
+    tl.store(state_ptr + 3, n_in)
+    tl.store(state_ptr + 4, mass_in)
+    tl.store(state_ptr + 5, n_above)
+    tl.store(state_ptr + 6, mass_above)
+    tl.store(state_ptr + 7, target)
+    tl.store(state_ptr + 8, m)
 
 
 @triton.jit
@@ -479,18 +513,22 @@ def _store_outputs(b, G, n, token, draft_tokens_ptr, n_accepted_ptr, tokens_ptr,
     tl.store(n_accepted_ptr + b, n.to(tl.int64))
 
 
-@triton.jit
+# Integers that vary with the draft are not specialised on (Triton would compile apart 1 and multiples of 16):
+# one compiled kernel serves every draft length up to 31.
+@triton.jit(do_not_specialize=["B", "G"])
 def _verify_kernel(
     logits_ptr, draft_tokens_ptr, draft_probs_ptr, uniforms_ptr,  # inputs
     n_accepted_ptr, tokens_ptr,  # outputs (greedy; the sampled ones come from _residual_kernel)
-    part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, counters_ptr, cand_ptr,  # workspace
+    part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, counters_ptr, cand_ptr, search_ptr,  # workspace
     B, G, T, top_k, top_p,
     V: tl.constexpr, GREEDY: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_V: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr,
     NSPLIT_P2: tl.constexpr, G1_P2: tl.constexpr, M: tl.constexpr, NBINS: tl.constexpr, SORT: tl.constexpr,
+    SEARCH: tl.constexpr,
 ):
     """Grid (B, G+1, chunks): chunk statistics (and, with top-k / top-p, the chunk's largest logits), then the
-    last chunk of a row finishes it (_finish_chain_row); greedy: the last row of a batch entry finishes it."""
+    last chunk of a row finishes it (_finish_chain_row, which may leave a threshold search to _search_kernel);
+    greedy: the last row of a batch entry finishes it."""
     b = tl.program_id(0)
     j = tl.program_id(1)
     c = tl.program_id(2)
@@ -509,7 +547,8 @@ def _verify_kernel(
         tl.store(counters_ptr + row, 0)  # counters reset themselves: no memset before the next call
         _finish_chain_row(x_row, row, b, j, G, V, T, top_k, top_p, draft_tokens_ptr, draft_probs_ptr,
                           uniforms_ptr, part_ptr, part_arg_ptr, stats_ptr, argmax_ptr, flags_ptr, cand_ptr, nsplit,
-                          GREEDY, TOP_K, TOP_P, STOCHASTIC, BLOCK_V, CAP, P_ROW, P_CAND, NSPLIT_P2, M, SORT)
+                          GREEDY, TOP_K, TOP_P, STOCHASTIC, BLOCK_V, CAP, P_ROW, P_CAND, NSPLIT_P2, M, SORT,
+                          search_ptr, SEARCH)
         if GREEDY:
             batch_counter = counters_ptr + B * (G + 1) + b
             if _arrive_last(batch_counter, G + 1):
@@ -519,7 +558,84 @@ def _verify_kernel(
                 _store_outputs(b, G, n, token, draft_tokens_ptr, n_accepted_ptr, tokens_ptr, G1_P2)
 
 
+@triton.jit(do_not_specialize=["G", "finish"])
+def _search_kernel(
+    logits_ptr, draft_tokens_ptr, draft_probs_ptr, uniforms_ptr,  # inputs
+    stats_ptr, argmax_ptr, flags_ptr, counters_ptr, cand_ptr, search_ptr, pivot_ptr,  # workspace
+    G, T, top_p, finish,
+    V: tl.constexpr, STAGE: tl.constexpr, TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr,
+    P_SEARCH: tl.constexpr, NSPLIT_P2: tl.constexpr,
+):
+    """Grid (B, G+1, chunks), for the rows whose threshold search _verify_kernel left at this STAGE (1: top-k,
+    2: top-p; the other rows' programs return at once): one bisection step spread over the row's chunks. Each
+    program measures its chunk against P_SEARCH pivots (count and float64 mass at or above each, nearest logits
+    either side: _pivot_stats); the last of the row to finish adds them up and narrows the row's interval, as
+    _threshold's passes over the row do in one program. With `finish` it then completes the search on the few
+    logits left (in registers) and starts the top-p stage after top-k, or stores the row's statistics and tests
+    its draft."""
+    b = tl.program_id(0)
+    j = tl.program_id(1)
+    c = tl.program_id(2)
+    row = b * (G + 1) + j
+    state = search_ptr + row * 9
+    if tl.load(state, cache_modifier=".cg") == STAGE:
+        x_row = logits_ptr + row.to(tl.int64) * V
+        lo = tl.load(state + 1, cache_modifier=".cg").to(tl.float32)
+        hi = tl.load(state + 2, cache_modifier=".cg").to(tl.float32)
+        m = tl.load(state + 8, cache_modifier=".cg").to(tl.float32)
+        zm = tl.math.div_rn(m, T)
+        count, mass, up, down = _pivot_stats_range(x_row, V, c * CHUNK, CHUNK, _pivots(lo, hi, P_SEARCH), hi, zm, T,
+                                                   BLOCK_S, P_SEARCH)
+        k = tl.arange(0, P_SEARCH)
+        slot = pivot_ptr + (row * NSPLIT_P2 + c) * 4 * P_SEARCH
+        tl.store(slot + k, count)
+        tl.store(slot + P_SEARCH + k, mass)
+        tl.store(slot + 2 * P_SEARCH + k, up)
+        tl.store(slot + 3 * P_SEARCH + k, down)
+        nsplit = tl.cdiv(V, CHUNK)
+        if _arrive_last(counters_ptr + row, nsplit):
+            tl.store(counters_ptr + row, 0)
+            count, mass, up, down = _sum_pivot_stats(pivot_ptr + row * NSPLIT_P2 * 4 * P_SEARCH, nsplit, NSPLIT_P2,
+                                                     P_SEARCH)
+            n_in = tl.load(state + 3, cache_modifier=".cg").to(tl.float32)
+            mass_in = tl.load(state + 4, cache_modifier=".cg")
+            n_above = tl.load(state + 5, cache_modifier=".cg").to(tl.float32)
+            mass_above = tl.load(state + 6, cache_modifier=".cg")
+            target = tl.load(state + 7, cache_modifier=".cg")
+            if STAGE == 1:
+                target = target.to(tl.float32)  # a count, as _search_thresholds passes it
+            if lo < hi:
+                lo, hi, n_in, mass_in, n_above, mass_above = _narrow(lo, hi, n_above, mass_above, target, count,
+                                                                     mass, up, down, STAGE == 2, P_SEARCH)
+            if finish == 0:
+                _store_search(state, STAGE, lo, hi, n_in, mass_in, n_above, mass_above, target, m)
+            else:
+                _store_search(state, 0, lo, hi, n_in, mass_in, n_above, mass_above, target, m)  # kept for tests
+                tau, n_kept, kept = _threshold(x_row, V, lo, hi, n_in, mass_in, n_above, mass_above, zm, T, target,
+                                               cand_ptr + row * CAP, STAGE == 2, BLOCK_V, CAP, P_ROW, P_CAND)
+                if STAGE == 1 and TOP_P:
+                    none = tl.zeros([], tl.float64)
+                    _store_search(state, 2, tau, m, n_kept, kept, none, none, kept * top_p, m)
+                else:
+                    _store_row_and_test(x_row, row, b, j, G, zm, (1.0 / kept).to(tl.float32), tau, 0,
+                                        draft_tokens_ptr, draft_probs_ptr, uniforms_ptr, stats_ptr, argmax_ptr,
+                                        flags_ptr, V, T, False, STOCHASTIC)
+
+
 @triton.jit
+def _sum_pivot_stats(pivot_ptr, nsplit, NSPLIT_P2: tl.constexpr, P: tl.constexpr):
+    """A row's pivot statistics from its chunks' (4 vectors of P per chunk: count, mass, up, down)."""
+    at = tl.arange(0, NSPLIT_P2)[:, None] * 4 * P + tl.arange(0, P)[None, :]
+    live = tl.arange(0, NSPLIT_P2)[:, None] < nsplit
+    count = tl.sum(tl.load(pivot_ptr + at, mask=live, other=0.0, cache_modifier=".cg"), 0).to(tl.float32)
+    mass = tl.sum(tl.load(pivot_ptr + P + at, mask=live, other=0.0, cache_modifier=".cg"), 0)
+    up = tl.min(tl.load(pivot_ptr + 2 * P + at, mask=live, other=float("inf"), cache_modifier=".cg"), 0)
+    down = tl.max(tl.load(pivot_ptr + 3 * P + at, mask=live, other=-float("inf"), cache_modifier=".cg"), 0)
+    return count, mass, up.to(tl.float32), down.to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["G"])
 def _residual_kernel(
     logits_ptr, draft_tokens_ptr, draft_probs_ptr, uniforms_ptr,  # inputs
     n_accepted_ptr, tokens_ptr,  # outputs
@@ -560,7 +676,11 @@ class Tuning:
     of the first stage; cap: logits kept in registers by the threshold search (the chain kernel's candidates:
     cap / chunks per row from each chunk); pivots_row / pivots_cand: pivots per bisection step over the row /
     the candidates; bins: histogram bins that pick a chunk's candidates (powers of two); sort: find the
-    chain kernel's thresholds among its candidates by sorting them (else by bisection)."""
+    chain kernel's thresholds among its candidates by sorting them (else by bisection); pivots_search,
+    search_passes, block_search: when a chain row's threshold lies beyond its candidates, bisection steps spread
+    over the row's chunks (_search_kernel), with this many pivots, this many steps per top-k / top-p stage
+    (0: passes over the row in one program instead), over blocks of this many logits (a power of two, at most
+    block_v, which it then divides, as it divides the chunks)."""
 
     block_v: int
     chunk: int
@@ -570,12 +690,15 @@ class Tuning:
     num_warps: int
     bins: int = 64
     sort: bool = True
+    pivots_search: int = 32
+    search_passes: int = 2
+    block_search: int = 512
 
 
 GPU = Tuning(block_v=2048, chunk=8192, cap=1024, pivots_row=2, pivots_cand=8, num_warps=8)
 # The interpreter pays per operation, not per element: whole rows at once, wide bisection steps, no sorts.
 INTERPRETER = Tuning(block_v=1 << 17, chunk=1 << 17, cap=4096, pivots_row=8, pivots_cand=16, num_warps=1,
-                     bins=256, sort=False)
+                     bins=256, sort=False, pivots_search=16, block_search=1 << 14)
 
 
 @dataclass(frozen=True)
@@ -644,9 +767,43 @@ def no_capture(device: torch.device, name: str) -> None:
                          "and sampling before capturing (a warm-up run)")
 
 
+class Launcher:
+    """One kernel's launches for one plan, whose grid and compile-time constants are fixed. The first launch
+    goes through Triton's JIT (`kernel[grid](...)`), which binds and specialises every argument, builds a cache
+    key from them and compiles: that was most of a verifier call's host time. Later launches call the compiled
+    kernel it returned (`CompiledKernel[grid]`, where Triton's JIT ends too, with every parameter in signature
+    order, constexprs included). That holds while the arguments specialise as at that first launch: a plan fixes
+    the shapes, dtypes, integers and workspace, so only the pointers' 16-byte alignment can change, and a call
+    whose pointers are not all aligned takes the JIT path. The interpreter returns no compiled kernel: always
+    the JIT path there."""
+
+    def __init__(self, kernel, grid: tuple, constants: dict) -> None:
+        self.kernel, self.grid, self.constants = kernel, grid, constants
+        self.direct = None
+        self.tail: tuple = ()
+
+    def __call__(self, aligned: bool, *args) -> None:
+        if aligned and self.direct is not None:
+            self.direct(*args, *self.tail)
+            return
+        compiled = self.kernel[self.grid](*args, **self.constants)
+        if aligned and isinstance(compiled, CompiledKernel):
+            self.tail = tuple(self.constants[name] for name in self.kernel.arg_names[len(args):])
+            self.direct = compiled[self.grid]
+
+
+def aligned(*tensors: Tensor) -> bool:
+    """Every tensor's data 16-byte aligned, as Triton specialises pointers."""
+    address = 0
+    for t in tensors:
+        address |= t.data_ptr()
+    return address % 16 == 0
+
+
 class _ChainPlan:
     """Everything verify_triton derives from the input shapes, the sampling and the tuning: checked, sized and
-    allocated once (the workspace too: its counters reset themselves), so a call only launches."""
+    allocated once (the workspace too: its counters reset themselves), with its launches, so a call allocates
+    its outputs and launches."""
 
     def __init__(self, target_logits: Tensor, draft_tokens: Tensor, draft_probs: Tensor | None, sampling,
                  uniforms: Tensor, tuning: Tuning | None) -> None:
@@ -656,40 +813,60 @@ class _ChainPlan:
         no_capture(dev, "verify_triton")
         b, g1, vocab = target_logits.shape
         shape = Launch.of(vocab, sampling, tuning or (GPU if dev.type == "cuda" else INTERPRETER))
+        t = shape.tuning
         rows, nsplit_p2, nblk_p2 = b * g1, pow2(shape.nsplit), pow2(shape.nblk)
         cap = max(shape.cap, nsplit_p2)  # at least one candidate per chunk
-        # Workspace: chunk partials (max, mass, min, largest logit left out), row stats, candidates, block sums
-        # (float64: sums of probabilities accumulate in float64); counters start at 0 and reset themselves.
-        sizes = [rows * nsplit_p2 * 4, rows * 3, rows * cap, b * nblk_p2]
-        part, stats, cand, bsum = torch.empty(sum(sizes), dtype=torch.float64, device=dev).split(sizes)
+        stages = [stage for stage, on in ((1, shape.top_k), (2, shape.top_p)) if on]
+        passes = t.search_passes if stages else 0
+        # Workspace: chunk partials (max, mass, min, largest logit left out), row stats, candidates, block sums,
+        # threshold searches and their per-chunk pivot statistics (float64: sums of probabilities accumulate in
+        # float64); counters start at 0 and reset themselves.
+        sizes = [rows * nsplit_p2 * 4, rows * 3, rows * cap, b * nblk_p2, rows * 9,
+                 rows * nsplit_p2 * 4 * t.pivots_search]
+        part, stats, cand, bsum, self.search, pivots = torch.zeros(sum(sizes), dtype=torch.float64,
+                                                                   device=dev).split(sizes)
         sizes = [rows + 2 * b, rows * nsplit_p2, rows, rows]
         counters, part_arg, argmax, flags = torch.zeros(sum(sizes), dtype=torch.int32, device=dev).split(sizes)
-        self.batch, self.greedy, self.dev, self.counters = b, shape.greedy, dev, counters
-        scalars = shape.scalars(sampling)
-        constants = shape.constants(draft_probs is not None)
-        g1_p2 = triton.next_power_of_2(g1)
-        self.grid = (b, g1, shape.nsplit)
-        self.workspace = (part, part_arg, stats, argmax, flags, counters, cand)
-        self.args = (b, g1 - 1, *scalars)
-        self.constants = {k: v for k, v in constants.items() if k != "NBLK_P2"} | dict(
-            CAP=cap, G1_P2=g1_p2, M=cap // nsplit_p2, NBINS=shape.tuning.bins, SORT=shape.tuning.sort)
-        self.residual_grid = (b, shape.nsplit)
-        self.residual_workspace = (stats, flags, counters[rows + b:], bsum)
-        self.residual_args = (g1 - 1, scalars[0])
-        self.residual_constants = dict(V=vocab, STOCHASTIC=draft_probs is not None, CHUNK=shape.chunk,
-                                       BLOCK_V=shape.block_v, NBLK_P2=nblk_p2, G1_P2=g1_p2,
-                                       num_warps=shape.tuning.num_warps)
+        self.counters = counters
+        # The outputs too (allocating and slicing them took a quarter of a call's host time): each call returns
+        # the same two tensors, overwritten by the next call with this plan.
+        out = torch.empty(b * (g1 + 1), dtype=torch.int64, device=dev)
+        self.outputs = out[:b], out[b:].view(b, g1)
+        temperature, top_k, top_p = shape.scalars(sampling)
+        stochastic = draft_probs is not None
+        # Draft lengths up to 31 share one compiled kernel (G is not specialised on either).
+        g1_p2 = max(32, triton.next_power_of_2(g1))
+        common = dict(V=vocab, STOCHASTIC=stochastic, CHUNK=shape.chunk, BLOCK_V=shape.block_v, num_warps=t.num_warps)
+        constants = {k: v for k, v in shape.constants(stochastic).items() if k != "NBLK_P2"} | dict(
+            CAP=cap, G1_P2=g1_p2, M=cap // nsplit_p2, NBINS=t.bins, SORT=t.sort, SEARCH=passes > 0)
+        self.first = (Launcher(_verify_kernel, (b, g1, shape.nsplit), constants),
+                      (part, part_arg, stats, argmax, flags, counters, cand, self.search),
+                      (b, g1 - 1, temperature, top_k, top_p))
+        # The threshold searches the first kernel leaves to several programs: `passes` bisection steps per stage.
+        search = common | dict(TOP_P=shape.top_p, BLOCK_S=min(t.block_search, shape.block_v), CAP=cap,
+                               P_ROW=t.pivots_row, P_CAND=t.pivots_cand, P_SEARCH=t.pivots_search, NSPLIT_P2=nsplit_p2)
+        self.searches = [(Launcher(_search_kernel, (b, g1, shape.nsplit), search | dict(STAGE=stage)),
+                          (stats, argmax, flags, counters, cand, self.search, pivots),
+                          (g1 - 1, temperature, top_p, int(step == passes - 1)))
+                         for stage in stages for step in range(passes)]
+        self.residual = None
+        if not shape.greedy:
+            self.residual = (Launcher(_residual_kernel, (b, shape.nsplit), common | dict(NBLK_P2=nblk_p2,
+                                                                                          G1_P2=g1_p2)),
+                             (stats, flags, counters[rows + b:], bsum), (g1 - 1, temperature))
 
     def launch(self, logits: Tensor, draft_tokens: Tensor, draft_probs: Tensor | None,
                uniforms: Tensor) -> tuple[Tensor, Tensor]:
-        b = self.batch
-        out = torch.empty(b * (self.grid[1] + 1), dtype=torch.int64, device=self.dev)
-        n_accepted, tokens = out[:b], out[b:].view(b, self.grid[1])
+        n_accepted, tokens = self.outputs
         inputs = (logits, draft_tokens, logits if draft_probs is None else draft_probs, uniforms)
-        _verify_kernel[self.grid](*inputs, n_accepted, tokens, *self.workspace, *self.args, **self.constants)
-        if not self.greedy:
-            _residual_kernel[self.residual_grid](*inputs, n_accepted, tokens, *self.residual_workspace,
-                                                 *self.residual_args, **self.residual_constants)
+        ok = aligned(*inputs)
+        kernel, workspace, args = self.first
+        kernel(ok, *inputs, n_accepted, tokens, *workspace, *args)
+        for kernel, workspace, args in self.searches:
+            kernel(ok, *inputs, *workspace, *args)
+        if self.residual is not None:
+            kernel, workspace, args = self.residual
+            kernel(ok, *inputs, n_accepted, tokens, *workspace, *args)
         return n_accepted, tokens
 
 
@@ -709,10 +886,12 @@ def verify_triton(
     target_logits: Tensor, draft_tokens: Tensor, draft_probs: Tensor | None, sampling, uniforms: Tensor,
     tuning: Tuning | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """`verify_reference` in one kernel launch (greedy) or two (sampled). Inputs are checked the first time a
-    shape, dtype, sampling and tuning come (then cached); non-finite logits are the caller's check. No host
-    sync: the call can be captured in a CUDA graph once that combination has run outside it. Calls on one
-    device share a workspace: keep them on one stream."""
+    """`verify_reference` in one kernel launch (greedy) or two (sampled; more when a top-k / top-p threshold
+    lies beyond the candidates, Tuning.search_passes). Inputs are checked the first time a shape, dtype,
+    sampling and tuning come (then cached); non-finite logits are the caller's check. No host sync: the call
+    can be captured in a CUDA graph once that combination has run outside it. Calls on one device share a
+    workspace: keep them on one stream. The returned tensors are the plan's own, overwritten by the next call
+    with the same shapes, dtypes, sampling and tuning: read (or clone) them before that."""
     key = plan_key(sampling, tuning, target_logits, draft_tokens, draft_probs, uniforms)
     plan = _CHAIN_PLANS.get(key)
     if plan is None:
