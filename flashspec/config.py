@@ -55,17 +55,31 @@ class ArmConfig:
 @dataclass
 class BanditConfig:
     policy: str = "ucb1"  # ucb1 | thompson | epsilon_greedy | exp3 | discounted_ucb | sliding_window_ucb | hedge
-    #                       | fixed | none (plain autoregressive)
-    reward: str = "tokens_per_second"  # or "accepted_tokens"
-    scope: str = "request"  # "request": fresh state per prompt; "run": carried across a run
+    #                       | elimination_ucb | ucbspec | exp3spec | fixed | none (plain autoregressive)
+    # "tokens_per_second": the step's wall-clock rate; "accepted_tokens": tokens per step; "cost_model": tokens
+    # over the cost model's seconds for the arm and block (flashspec/bandit/cost.py): deterministic
+    reward: str = "tokens_per_second"
+    # "request": fresh state per prompt; "run": carried across a run; "carry": carried, a fraction `decay` of
+    # the evidence kept at each new request
+    scope: str = "request"
+    decay: float = 0.5  # scope=carry: the fraction of the evidence a request hands the next
+    # reward=cost_model: a cost table (costs.json): read if it exists, else measured at the first request and
+    # written there; None: measured at the first request, kept in memory (and in the log)
+    costs: str | None = None
     arm: int = 0  # the arm `fixed` always picks
     params: dict[str, Any] = field(default_factory=dict)  # policy hyper-parameters
 
     def __post_init__(self) -> None:
-        if self.reward not in ("tokens_per_second", "accepted_tokens"):
-            raise ValueError(f"bandit.reward={self.reward!r}: use 'tokens_per_second' or 'accepted_tokens'")
-        if self.scope not in ("request", "run"):
-            raise ValueError(f"bandit.scope={self.scope!r}: use 'request' or 'run'")
+        if self.reward not in REWARDS:
+            raise ValueError(f"bandit.reward={self.reward!r}: use one of {', '.join(REWARDS)}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"bandit.scope={self.scope!r}: use one of {', '.join(SCOPES)}")
+        if not 0 <= self.decay <= 1:
+            raise ValueError(f"bandit.decay={self.decay}: use a fraction in [0, 1] (1 keeps everything, as scope=run)")
+
+
+REWARDS = ("tokens_per_second", "accepted_tokens", "cost_model")
+SCOPES = ("request", "run", "carry")
 
 
 @dataclass

@@ -10,10 +10,14 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+import pandas as pd
+
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "paper"
 # study folder -> sub-folder of paper/figures and paper/tables ("": the folders themselves), as main.tex reads them
 STUDIES = {"results/cpu/mt_bench_sweep": "", "results/cpu/drafter_study": "drafter_study"}
+# studies with their own report script (scripts/bandit_report.py): study folder -> sub-folder, as above
+BANDIT_STUDIES = {"results/cpu/bandit_study/replay": "bandit_study"}
 
 
 def script(name: str):
@@ -30,8 +34,26 @@ def main(root: Path = ROOT, paper: Path = PAPER) -> list[Path]:
         sweep = root / study
         written += plot.main(sweep, paper / "figures" / sub)
         written += tables.main(sweep, paper / "tables" / sub)
-    print(f"paper/: {len(written)} files from {', '.join(STUDIES)}")
+    report = script("bandit_report")
+    for study, sub in BANDIT_STUDIES.items():
+        out = paper / "tables" / sub
+        written += report.main(root / study, out, paper / "figures" / sub)
+        written += bandit_latex(tables, out)
+    print(f"paper/: {len(written)} files from {', '.join([*STUDIES, *BANDIT_STUDIES])}")
     return written
+
+
+def bandit_latex(tables, out: Path) -> list[Path]:
+    """The bandit table's held-out half as LaTeX, in make_tables' format (main.tex inputs it)."""
+    table = pd.read_csv(out / "bandit_table.csv")
+    held = table[table["split"] == "heldout"].set_index("method")
+    held = held[["speedup", "min", "max", "vs best fixed", "vs oracle", "exploring steps / request"]]
+    caption = ("Bandit study, held-out half of the mixed workload: speedup over autoregressive decoding (mean "
+               "over seeds, min, max), against the best fixed arm in hindsight and the per-prompt oracle, and "
+               "steps per request spent off the prompt's oracle arm.")
+    path = out / "bandit_table.tex"
+    path.write_text(tables.latex(held.sort_values("speedup", ascending=False), caption, "bandit_study"))
+    return [path]
 
 
 if __name__ == "__main__":

@@ -6,13 +6,16 @@ import inspect
 
 from flashspec.bandit.base import Selector
 from flashspec.bandit.discounted_ucb import DiscountedUCBSelector
+from flashspec.bandit.elimination_ucb import EliminationUCBSelector
 from flashspec.bandit.epsilon_greedy import EpsilonGreedySelector
 from flashspec.bandit.exp3 import EXP3Selector
+from flashspec.bandit.exp3spec import EXP3SpecSelector
 from flashspec.bandit.fixed import FixedSelector
 from flashspec.bandit.hedge import HedgeSelector
 from flashspec.bandit.sliding_window_ucb import SlidingWindowUCBSelector
 from flashspec.bandit.thompson import ThompsonSelector
 from flashspec.bandit.ucb1 import UCB1Selector
+from flashspec.bandit.ucbspec import UCBSpecSelector
 
 SELECTORS: dict[str, type[Selector]] = {
     "ucb1": UCB1Selector,
@@ -22,6 +25,9 @@ SELECTORS: dict[str, type[Selector]] = {
     "discounted_ucb": DiscountedUCBSelector,
     "sliding_window_ucb": SlidingWindowUCBSelector,
     "hedge": HedgeSelector,
+    "elimination_ucb": EliminationUCBSelector,
+    "ucbspec": UCBSpecSelector,
+    "exp3spec": EXP3SpecSelector,
     "fixed": FixedSelector,
 }
 
@@ -42,4 +48,5 @@ def make_selector(name: str, n_arms: int, seed: int = 0, **params) -> Selector:
 __all__ = [
     "SELECTORS", "make_selector", "Selector", "UCB1Selector", "ThompsonSelector", "EpsilonGreedySelector",
     "EXP3Selector", "DiscountedUCBSelector", "SlidingWindowUCBSelector", "HedgeSelector", "FixedSelector",
+    "EliminationUCBSelector", "UCBSpecSelector", "EXP3SpecSelector",
 ]

@@ -63,6 +63,24 @@ class Selector(ABC):
         self._observed = [0] * self.n_arms
         self._reward_sums = [0.0] * self.n_arms
 
+    def begin_request(self, scope: str, decay: float) -> None:
+        """What a new request keeps (bandit.scope): nothing (request), everything (run), or a fraction (carry)."""
+        if scope == "request":
+            self.reset()
+        elif scope == "carry":
+            self.carry_over(decay)
+
+    def carry_over(self, keep: float) -> None:
+        """Between requests (bandit.scope=carry): keep a fraction `keep` of the evidence, so what one request
+        taught the next is trusted less, and an arm that stopped paying regains its exploration."""
+        check_range("bandit.decay", keep, 0.0, 1.0)
+        self._observed = [n * keep for n in self._observed]
+        self._reward_sums = [s * keep for s in self._reward_sums]
+        self._decay(keep)
+
+    def _decay(self, keep: float) -> None:  # noqa: B027 (an optional hook, not abstract)
+        """Scale the policy's own statistics by `keep`; a policy without any (fixed) needs nothing."""
+
     def state(self) -> dict:
         """For logging: pulls per arm and mean observed reward per arm (None for an arm never observed)."""
         means = [s / n if n else None for s, n in zip(self._reward_sums, self._observed, strict=True)]

@@ -14,9 +14,9 @@ class EpsilonGreedySelector(Selector):
         super().__init__(n_arms, seed)
 
     def select(self) -> int:
-        untried = [i for i in range(self.n_arms) if self.pulls[i] == 0]
+        untried = [i for i in range(self.n_arms) if self._observed[i] == 0]
         if untried:
             return untried[0]
         if self.rng.random() < self.epsilon:
             return self.rng.randrange(self.n_arms)
-        return max(range(self.n_arms), key=lambda i: self._reward_sums[i] / self.pulls[i])
+        return max(range(self.n_arms), key=lambda i: self._reward_sums[i] / self._observed[i])

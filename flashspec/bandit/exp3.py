@@ -42,6 +42,9 @@ class EXP3Selector(Selector):
     def select(self) -> int:
         return self.rng.choices(range(self.n_arms), weights=self.probabilities())[0]
 
+    def _decay(self, keep: float) -> None:
+        self._log_weights = [w * keep for w in self._log_weights]
+
     def _learn(self, arm: int, reward: float) -> None:
         estimate = reward / self.probabilities()[arm]  # unbiased estimate of the arm's reward
         self._log_weights[arm] += self.exploration * estimate / self.n_arms

@@ -30,6 +30,10 @@ class HedgeSelector(Selector):
         self._cumulative = [0.0] * self.n_arms
         self._round = 1
 
+    def _decay(self, keep: float) -> None:
+        self._cumulative = [r * keep for r in self._cumulative]
+        self._round = 1 + (self._round - 1) * keep
+
     def probabilities(self) -> list[float]:
         eta = self.learning_rate
         if eta is None:

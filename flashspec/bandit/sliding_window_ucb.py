@@ -20,6 +20,10 @@ class SlidingWindowUCBSelector(UCB1Selector):
         super().reset()
         self._history: deque[tuple[int, float]] = deque()
 
+    def _decay(self, keep: float) -> None:
+        raise ValueError("sliding_window_ucb forgets through its window, not a decay: use bandit.scope=run "
+                         "(or request)")
+
     def _learn(self, arm: int, reward: float) -> None:
         super()._learn(arm, reward)
         self._history.append((arm, reward))

@@ -22,6 +22,10 @@ class ThompsonSelector(Selector):
         samples = [self.rng.betavariate(1 + s, 1 + f) for s, f in posteriors]
         return max(range(self.n_arms), key=samples.__getitem__)
 
+    def _decay(self, keep: float) -> None:  # fractional pseudo-counts: the Beta posterior takes them as they are
+        self._successes = [s * keep for s in self._successes]
+        self._failures = [f * keep for f in self._failures]
+
     def _learn(self, arm: int, reward: float) -> None:
         if self.rng.random() < reward:
             self._successes[arm] += 1

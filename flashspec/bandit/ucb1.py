@@ -38,6 +38,10 @@ class UCB1Selector(Selector):
             return math.inf
         return self._sums[arm] / n + self.exploration * math.sqrt(log_n / n)
 
+    def _decay(self, keep: float) -> None:
+        self._counts = [c * keep for c in self._counts]
+        self._sums = [s * keep for s in self._sums]
+
     def _learn(self, arm: int, reward: float) -> None:
         self._counts[arm] += 1
         self._sums[arm] += reward

@@ -21,6 +21,8 @@ CONDITIONS = [
     "target", "temperature", "top_k", "top_p", "seed", "max_new_tokens", "dataset", "prompt_id", "turn",
 ]
 ORACLE = "oracle (best fixed arm)"
+STEP_ORACLE = "per-step oracle (clairvoyant)"  # replays only (flashspec/harness/replay.py)
+NOT_LEARNING = ["fixed", "none", "step_oracle"]
 
 
 @dataclass
@@ -57,7 +59,7 @@ def label(row: pd.Series, with_gamma: bool = True) -> str:
     if row["bandit"] == "fixed":
         name = f"fixed {row['fixed_arm']}"
     else:  # a policy that learns across prompts (scope=run) is another method than one reset per prompt
-        across = " across prompts" if row.get("bandit_scope") == "run" else ""
+        across = {"run": " across prompts", "carry": " carried across prompts"}.get(row.get("bandit_scope"), "")
         name = f"{row['bandit']}{across} ({row['arm_set']})"
     return f"{name}, γ={row['gamma']}" if with_gamma else name
 
@@ -131,3 +133,110 @@ def arm_share(trace: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
     share = (counts / counts.groupby(["run_id", "phase"]).transform("sum")).rename("share").reset_index()
     played = trace[["run_id", "arm"]].drop_duplicates()  # the unstack also paired runs with others' arms
     return share.merge(played, on=["run_id", "arm"])
+
+
+# ---------------------------------------------------------------- the bandit study (experiment=bandit_study)
+def read_splits(path: Path) -> dict[str, str]:
+    """prompt id -> its `split` (tune or heldout), from a prompt file that has the field (bandit_mix.jsonl)."""
+    records = pd.read_json(path, lines=True)
+    if "split" not in records:
+        raise ValueError(f"{path} has no `split` field: the bandit report needs the mixed workload's file "
+                         "(scripts/make_bandit_mix.py writes it)")
+    return dict(zip(records["id"].astype(str), records["split"], strict=True))
+
+
+def row_speedups(results: pd.DataFrame) -> pd.Series:
+    """Each row's speedup as time over AR's on the same prompt, per token: what the bandit tables compare, so a
+    run measured while the machine was busier is compared against its own process's AR timing."""
+    per_token = results["wall_time_s"] / results["new_tokens"]
+    return (results["baseline_wall_time_s"] / results["baseline_new_tokens"]) / per_token
+
+
+def oracle_arms(results: pd.DataFrame) -> pd.Series:
+    """prompt id -> the fixed arm that was fastest on it (relative to AR, as row_speedups)."""
+    fixed = results[results["bandit"] == "fixed"].assign(rel=row_speedups)
+    return fixed.loc[fixed.groupby("prompt_id")["rel"].idxmax()].set_index("prompt_id")["fixed_arm"]
+
+
+def speedup_of(rows: pd.DataFrame) -> float:
+    """Total tokens over total time, against AR's on the same rows, each row's time put in its own AR's
+    units first (AR token-times: row_speedups): the speedup of the group."""
+    ar_time = rows["new_tokens"] / row_speedups(rows)
+    return float(rows["new_tokens"].sum() / ar_time.sum())
+
+
+SCOPE_NAMES = {"request": "reset per request", "run": "across requests", "carry": "carried, decayed"}
+
+
+def policy_label(row: pd.Series) -> str:
+    return f"{row['bandit']} ({row['bandit_reward']}), {SCOPE_NAMES.get(row['bandit_scope'], row['bandit_scope'])}"
+
+
+def learning_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The learning runs' rows with their label, policy (with its reward), scope and request number (in
+    decoding order)."""
+    learners = results[~results["bandit"].isin(NOT_LEARNING)].copy()
+    learners["label"] = learners.apply(policy_label, axis=1)
+    learners["policy"] = learners["bandit"] + " (" + learners["bandit_reward"] + ")"
+    learners["scope"] = learners["bandit_scope"].map(lambda s: SCOPE_NAMES.get(s, s))
+    learners["request"] = learners.groupby("run_id").cumcount() + 1
+    return learners
+
+
+def bandit_table(results: pd.DataFrame, trace: pd.DataFrame, splits: dict[str, str]) -> pd.DataFrame:
+    """Per split: every fixed arm, the best fixed arm in hindsight, the per-prompt oracle, and every learning
+    policy and scope with its speedup over seeds (mean, min, max), its ratios to the best fixed arm and to
+    the oracle, and its exploring steps (steps on another arm than the prompt's oracle arm) per request."""
+    results = results.assign(split=results["prompt_id"].map(splits))
+    best_arm = oracle_arms(results)
+    rows = []
+    for split, part in results.groupby("split"):
+        fixed = {arm: speedup_of(g) for arm, g in part[part["bandit"] == "fixed"].groupby("fixed_arm")}
+        oracle_rows = part[part["bandit"] == "fixed"].assign(rel=row_speedups)
+        oracle = speedup_of(oracle_rows.loc[oracle_rows.groupby("prompt_id")["rel"].idxmax()])
+        best = max(fixed.values())
+        for arm, value in fixed.items():
+            rows.append({"split": split, "method": f"fixed {arm}", "speedup": value, "min": value, "max": value})
+        rows.append({"split": split, "method": ORACLE, "speedup": oracle, "min": oracle, "max": oracle})
+        clairvoyant = part[part["bandit"] == "step_oracle"]
+        if len(clairvoyant):
+            value = speedup_of(clairvoyant)
+            rows.append({"split": split, "method": STEP_ORACLE, "speedup": value, "min": value, "max": value})
+        learners = part[~part["bandit"].isin(NOT_LEARNING)]
+        for label, group in learners.assign(label=learners.apply(policy_label, axis=1)).groupby("label"):
+            per_seed = [speedup_of(g) for _, g in group.groupby("seed")]
+            steps = trace[trace["run_id"].isin(group["run_id"]) & trace["prompt_id"].isin(part["prompt_id"])]
+            off = steps["arm"] != steps["prompt_id"].map(best_arm)
+            requests = len(steps[["run_id", "prompt_id", "turn"]].drop_duplicates())
+            rows.append({"split": split, "method": label, "speedup": float(np.mean(per_seed)),
+                         "min": min(per_seed), "max": max(per_seed), "seeds": len(per_seed),
+                         "exploring steps / request": off.sum() / max(requests, 1),
+                         "exploring share": float(off.mean()) if len(off) else np.nan})
+        table = pd.DataFrame([r for r in rows if r["split"] == split])
+        rows = [r for r in rows if r["split"] != split] + table.assign(
+            **{"vs best fixed": table["speedup"] / best, "vs oracle": table["speedup"] / oracle}).to_dict("records")
+    return pd.DataFrame(rows)
+
+
+def request_regret(results: pd.DataFrame) -> pd.DataFrame:
+    """Per learning run, in decoding order: each request's time lost against the per-prompt oracle, in AR
+    token-times (the time AR takes per token on that prompt), and its cumulative sum over the run."""
+    fixed = results[results["bandit"] == "fixed"].assign(rel=row_speedups)
+    oracle = fixed.groupby("prompt_id")["rel"].max()
+    learners = learning_rows(results)
+    tokens = learners["new_tokens"]
+    learners["regret"] = tokens / row_speedups(learners) - tokens / learners["prompt_id"].map(oracle)
+    learners["cumulative_regret"] = learners.groupby("run_id")["regret"].cumsum()
+    return learners[["run_id", "label", "policy", "scope", "seed", "prompt_id", "request", "regret",
+                     "cumulative_regret"]]
+
+
+def exploring_steps(results: pd.DataFrame, trace: pd.DataFrame) -> pd.DataFrame:
+    """Per learning run and request (in decoding order): the steps played on another arm than the prompt's
+    oracle arm."""
+    best_arm = oracle_arms(results)
+    learners = learning_rows(results)
+    off = trace.assign(off=trace["arm"] != trace["prompt_id"].map(best_arm))
+    counts = off.groupby(["run_id", "prompt_id", "turn"])["off"].sum().rename("exploring_steps").reset_index()
+    return learners.merge(counts, on=["run_id", "prompt_id", "turn"], how="left")[
+        ["run_id", "label", "policy", "scope", "seed", "request", "exploring_steps"]]

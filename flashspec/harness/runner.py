@@ -88,11 +88,13 @@ def run_info(cfg: RunConfig, run_id: str) -> dict:
 def run_columns(cfg: RunConfig, run_id: str) -> dict:
     """The columns shared by all rows of a run; settings the run does not read stay empty."""
     spec, ours = uses_gamma(cfg), cfg.method.backend == "flashspec"
+    learns = ours and cfg.bandit.policy not in ("none", "fixed")
     return {
         "run_id": run_id, "config_hash": config_hash(cfg), "method": cfg.method.name,
         "target": cfg.target.model, "arm_set": cfg.arms.name if spec and ours else None,
         "bandit": cfg.bandit.policy if ours else None,
-        "bandit_scope": cfg.bandit.scope if ours and cfg.bandit.policy not in ("none", "fixed") else None,
+        "bandit_scope": cfg.bandit.scope if learns else None,
+        "bandit_reward": cfg.bandit.reward if learns else None,  # cost_model: deterministic arm choices
         "gamma": "+".join(map(str, gammas(cfg))) if spec else None,
         "temperature": cfg.sampling.temperature, "top_k": cfg.sampling.top_k, "top_p": cfg.sampling.top_p,
         "seed": cfg.sampling.seed, "max_new_tokens": cfg.max_new_tokens, "dataset": cfg.dataset.name,
@@ -136,9 +138,9 @@ def trace_rows(out: GenerationResult) -> list[dict]:
 
 COLUMNS = {
     "results": [
-        "run_id", "config_hash", "method", "target", "arm_set", "bandit", "bandit_scope", "gamma", "temperature",
-        "top_k", "top_p", "seed", "max_new_tokens", "dataset", "category", "prompt_id", "turn", "fixed_arm",
-        "prompt_tokens", "new_tokens", "steps", "tau", "alpha", "wall_time_s", "ttft_s", "tokens_per_s",
+        "run_id", "config_hash", "method", "target", "arm_set", "bandit", "bandit_scope", "bandit_reward", "gamma",
+        "temperature", "top_k", "top_p", "seed", "max_new_tokens", "dataset", "category", "prompt_id", "turn",
+        "fixed_arm", "prompt_tokens", "new_tokens", "steps", "tau", "alpha", "wall_time_s", "ttft_s", "tokens_per_s",
         "baseline_new_tokens", "baseline_wall_time_s", "baseline_tokens_per_s", "speedup", "matches_baseline",
         "passed",
     ],

@@ -250,6 +250,11 @@ def effective(cfg: RunConfig) -> dict:
             out["bandit"] = {"policy": policy} | ({"arm": cfg.bandit.arm} if policy == "fixed" else {})
         else:
             del out["bandit"]["arm"]
+            # Settings the policy does not read: runs made before they existed keep their hashes.
+            if cfg.bandit.scope != "carry":
+                del out["bandit"]["decay"]
+            if cfg.bandit.reward != "cost_model":
+                del out["bandit"]["costs"]
     if not uses_gamma(cfg):
         out.pop("gamma")
         out.pop("arms", None)
