@@ -97,15 +97,13 @@ def launch_every_wrapper() -> None:
     # Decode attention (no sampling modes): the H200's 132 SMs, the dtypes, head sizes and block lengths it meets.
     from flashspec.models import attention
 
-    # A 64-slot cache has one split: the program writes the output itself, without the atomic ticket.
-    cases = ((torch.bfloat16, 128, 32, 8, 1, 256), (torch.bfloat16, 64, 9, 3, 9, 256),
+    # 2048 slots: the 32 splits of the 8B and SmolLM2 shapes on the H200; a 64-slot cache has one split.
+    cases = ((torch.bfloat16, 128, 32, 8, 1, 2048), (torch.bfloat16, 64, 9, 3, 9, 2048),
              (torch.float16, 128, 32, 8, 33, 256), (torch.float32, 64, 4, 2, 5, 256), (torch.bfloat16, 64, 9, 3, 1, 64))
     for dtype, dim, heads, kv_heads, n, span in cases:
         q = torch.randn(n, heads, dim).to(dtype)
         k, v = (torch.randn(kv_heads, span, dim).to(dtype) for _ in "kv")
-        cos, sin = torch.randn(2, n, dim).to(dtype)
-        for rope in ({}, {"cos": cos, "sin": sin}):  # q rotated by the caller, or as the kernel loads it
-            attention.launch(q, k, v, torch.arange(span - n, span), sms=132, upcast=False, **rope)
+        attention.launch(q, k, v, torch.arange(span - n, span), sms=132, upcast=False)
 
 
 def compile_launch(fn, args: tuple, kwargs: dict) -> None:

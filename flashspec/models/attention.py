@@ -5,15 +5,15 @@ A decoding block of n query rows at `positions` (a device tensor) attends to the
 <= positions[i], so the block is causal within itself and the used length is max(positions) + 1. Neither
 function reads a Python number off the device, so one captured CUDA graph serves every length.
 
-The reference runs SDPA over the whole cache behind a mask. The kernel reads only the used length, in one
-launch: a grid of (KV head, split, query block) programs, with the used length cut into at most SPLITS splits
-of whole key blocks (the split size follows the length, read on the device), so short contexts cost a few
-programs and long ones fill the GPU; programs past the length skip the keys. Each program keeps the
-rep = H / Hkv query heads of its KV head together (the rows of one tl.dot), so keys and values are read once.
-The splits' partial softmaxes are combined by log-sum-exp in the same launch: the last program of each
-(KV head, query block) group to finish, found by an atomic ticket, reads the group's splits in order and
-writes the output (a second kernel for that cost a launch per layer: 1-2 us each on the GPU, 30 per step of
-SmolLM2-135M).
+The reference runs SDPA over the whole cache behind a mask. The kernel reads only the used length: a grid of
+(KV head, split, query block) programs, with the used length cut into at most `max_splits` splits of whole
+key blocks (the split size follows the length, read on the device), so short contexts cost a few programs
+and long ones fill the GPU; programs past the length exit at once. Each program keeps the rep = H / Hkv query
+heads of its KV head together (the rows of one tl.dot), so keys and values are read once. A second kernel
+combines the splits' partial softmaxes by log-sum-exp. (One launch whose last split program combined the
+splits, found by an atomic ticket, and rotated q as it loaded it, measured slower on the H200: 12.7 us per
+Llama-3-8B-shape layer at ~1100 cached tokens, against 5.6 + 2.1 us for these two kernels and ~1.1 us for the
+q rotation as a pointwise kernel of its own; the package bench's profile, commits e5a232b and 7d3a374.)
 """
 
 from __future__ import annotations
@@ -32,24 +32,10 @@ PROGRAMS_PER_SM = 2  # programs of the split kernel to aim for per SM on long co
 INTERPRETER_SMS = 4  # on the CPU (Triton's interpreter): a few splits, so tests cover their combination
 
 
-def decode_attention_reference(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, cos: Tensor | None = None,
-    sin: Tensor | None = None,
-) -> Tensor:
-    """q [n, H, D] at `positions` [n] over the cache [Hkv, S, D] -> [n, H, D]; row i sees slots <= positions[i].
-    With `cos`, `sin` [n, D] q is not rotated yet: each row is rotated first, as Hugging Face's rotary
-    embedding does (rotate_half: the second half of the head, negated, before the first)."""
-    if cos is not None:
-        q = rotated(q, cos, sin)
+def decode_attention_reference(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor) -> Tensor:
+    """q [n, H, D] at `positions` [n] over the cache [Hkv, S, D] -> [n, H, D]; row i sees slots <= positions[i]."""
     mask = torch.arange(k_cache.shape[1], device=positions.device)[None, :] <= positions[:, None]
     return grouped_attention(q, k_cache, v_cache, mask)
-
-
-def rotated(q: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """q [n, H, D] rotated by cos, sin [n, D] (float32 arithmetic, one rounding: the compiled step's)."""
-    half = q.shape[-1] // 2
-    turned = torch.cat([-q[..., half:], q[..., :half]], dim=-1)
-    return (q.float() * cos[:, None].float() + turned.float() * sin[:, None].float()).to(q.dtype)
 
 
 def grouped_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tensor:
@@ -83,20 +69,18 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _decode_attention(
-    q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, acc_ptr, ml_ptr, count_ptr, n, rep, qk_scale,
+def _decode_attention_split(
+    q_ptr, k_ptr, v_ptr, pos_ptr, acc_ptr, ml_ptr, n, rep, max_splits, qk_scale,
     stride_qt, stride_qh, stride_qd, stride_kh, stride_ks, stride_kd, stride_vh, stride_vs, stride_vd,
-    stride_ot, stride_oh, stride_rt,
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    N_P2: tl.constexpr, SPLITS: tl.constexpr, ROPE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    N_P2: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """One split of one KV head for BLOCK_M query rows (row = token * rep + head within the group): the
-    unnormalised output, the running max (log2 units) and the softmax sum over the split's slots. The last
-    split program of the group to finish (an atomic ticket) combines all the group's splits into the output."""
+    unnormalised output, the running max (log2 units) and the softmax sum over the split's slots."""
     kvh = tl.program_id(0)
     split = tl.program_id(1)
     rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
-    used, per_split = _split_size(pos_ptr, n, SPLITS, N_P2, BLOCK_N)
+    used, per_split = _split_size(pos_ptr, n, max_splits, N_P2, BLOCK_N)
     lo = split * per_split
     hi = tl.minimum(lo + per_split, used)  # lo >= hi past the used length: no iterations, no stores
 
@@ -105,16 +89,8 @@ def _decode_attention(
     live = rows < n * rep
     pos = tl.load(pos_ptr + token, mask=live, other=-1).to(tl.int32)  # padding rows see nothing
     d = tl.arange(0, D_PAD)
-    q_rows = q_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh
-    q_mask = live[:, None] & (d[None, :] < D)
-    q = tl.load(q_rows + d[None, :] * stride_qd, mask=q_mask, other=0.0)
-    if ROPE:  # rotate q here (Hugging Face's rotate_half) instead of in a kernel of its own before this one
-        turned = tl.where(d < D // 2, d + D // 2, d - D // 2)
-        sign = tl.where(d < D // 2, -1.0, 1.0)
-        q_turned = tl.load(q_rows + turned[None, :] * stride_qd, mask=q_mask, other=0.0).to(tl.float32)
-        cos = tl.load(cos_ptr + token[:, None] * stride_rt + d[None, :], mask=q_mask, other=0.0).to(tl.float32)
-        sin = tl.load(sin_ptr + token[:, None] * stride_rt + d[None, :], mask=q_mask, other=0.0).to(tl.float32)
-        q = (q.to(tl.float32) * cos + q_turned * sign[None, :] * sin).to(q_ptr.dtype.element_ty)
+    q = tl.load(q_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :] * stride_qd,
+                mask=live[:, None] & (d[None, :] < D), other=0.0)
     k_base = k_ptr + kvh.to(tl.int64) * stride_kh
     v_base = v_ptr + kvh.to(tl.int64) * stride_vh
 
@@ -137,54 +113,34 @@ def _decode_attention(
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION, UPCAST)
         m = m_new
 
-    out_rows = out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
-    out_mask = live[:, None] & (d[None, :] < D)
-    if SPLITS == 1:  # the one program of the group saw every slot (split 0 holds slot 0: sum_p > 0)
-        sum_p = tl.where(live, sum_p, 1.0)  # padding rows: no 0 / 0
-        tl.store(out_rows, (acc / sum_p[:, None]).to(out_ptr.dtype.element_ty), mask=out_mask)
-    else:
-        # Every split writes its max (-inf where a row saw nothing, so the combination skips it); only splits
-        # inside the used length write their outputs.
-        part = (kvh * SPLITS + split) * M_PAD + rows
-        tl.store(ml_ptr + part * 2, m, mask=live)
-        tl.store(ml_ptr + part * 2 + 1, sum_p, mask=live)
-        inside_used = rows < tl.where(lo < used, n * rep, 0)
-        tl.store(acc_ptr + part[:, None] * D_PAD + d[None, :], acc, mask=inside_used[:, None])
-        # Every thread's stores come before the ticket (the barrier), and the ticket releases them to the
-        # program that draws the last one, which acquires them; it sets the counter back to 0 for the next
-        # launch (or graph replay). The combination reads the splits in their order, whichever program draws
-        # the last ticket: the output is deterministic.
-        tl.debug_barrier()
-        group = kvh * tl.num_programs(2) + tl.program_id(2)
-        ticket = tl.atomic_add(count_ptr + group, 1, sem="acq_rel", scope="gpu")
-        if ticket == SPLITS - 1:
-            tl.atomic_xchg(count_ptr + group, 0, sem="relaxed", scope="gpu")
-            _combine(out_rows, out_mask, acc_ptr, ml_ptr, kvh, rows, live, D_PAD, M_PAD, BLOCK_M, SPLITS)
+    # Every split writes its max (-inf where a row saw nothing, so the combination skips it); only splits
+    # inside the used length write their outputs.
+    part = (kvh * max_splits + split) * M_PAD + rows
+    tl.store(ml_ptr + part * 2, m, mask=live)
+    tl.store(ml_ptr + part * 2 + 1, sum_p, mask=live)
+    inside_used = rows < tl.where(lo < used, n * rep, 0)
+    tl.store(acc_ptr + part[:, None] * D_PAD + d[None, :], acc, mask=inside_used[:, None])
 
 
 @triton.jit
-def _combine(out_rows, out_mask, acc_ptr, ml_ptr, kvh, rows, live, D_PAD: tl.constexpr, M_PAD: tl.constexpr,
-             BLOCK_M: tl.constexpr, SPLITS: tl.constexpr):
-    """The group's output rows: its splits' partial outputs weighted by log-sum-exp, in split order. Loads
-    bypass L1 (.cg): the other programs' stores are in L2."""
-    first = kvh * SPLITS * M_PAD + rows
-    m_max = tl.full([BLOCK_M], -float("inf"), tl.float32)
-    for split in range(SPLITS):
-        m_max = tl.maximum(m_max, tl.load(ml_ptr + (first + split * M_PAD) * 2, mask=live, other=-float("inf"),
-                                          cache_modifier=".cg"))
-    m_max = tl.where(live, m_max, 0.0)  # split 0 holds slot 0, which every live row sees: finite
+def _decode_attention_combine(
+    out_ptr, acc_ptr, ml_ptr, rep, max_splits, stride_ot, stride_oh,
+    D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, SPLITS: tl.constexpr,
+):
+    """One output row (token, head): the splits written by _decode_attention_split, weighted by
+    log-sum-exp."""
+    token = tl.program_id(0)
+    head = tl.program_id(1)
+    split = tl.arange(0, SPLITS)
+    part = ((head // rep) * max_splits + split) * M_PAD + token * rep + head % rep
+    m = tl.load(ml_ptr + part * 2)
+    sum_p = tl.load(ml_ptr + part * 2 + 1)
+    w = tl.exp2(m - tl.max(m, 0))  # split 0 holds slot 0, which every row sees: the max is finite
     d = tl.arange(0, D_PAD)
-    total = tl.zeros([BLOCK_M, D_PAD], tl.float32)
-    denom = tl.zeros([BLOCK_M], tl.float32)
-    for split in range(SPLITS):
-        part = first + split * M_PAD
-        w = tl.exp2(tl.load(ml_ptr + part * 2, mask=live, other=-float("inf"), cache_modifier=".cg") - m_max)
-        seen = w > 0  # splits past the used length wrote no output: never read it
-        denom += tl.load(ml_ptr + part * 2 + 1, mask=seen, other=0.0, cache_modifier=".cg") * w
-        total += tl.load(acc_ptr + part[:, None] * D_PAD + d[None, :], mask=seen[:, None], other=0.0,
-                         cache_modifier=".cg") * w[:, None]
-    denom = tl.where(live, denom, 1.0)  # padding rows: no 0 / 0
-    tl.store(out_rows, (total / denom[:, None]).to(out_rows.dtype.element_ty), mask=out_mask)
+    acc = tl.load(acc_ptr + part[:, None] * D_PAD + d[None, :], mask=(w[:, None] > 0) & (d[None, :] < D),
+                  other=0.0)
+    out = tl.sum(acc * w[:, None], 0) / tl.sum(sum_p * w, 0)
+    tl.store(out_ptr + token * stride_ot + head * stride_oh + d, out.to(out_ptr.dtype.element_ty), mask=d < D)
 
 
 @functools.cache
@@ -194,14 +150,8 @@ def sm_count(device: torch.device) -> int:
     return INTERPRETER_SMS
 
 
-def check_inputs(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, cos: Tensor | None = None,
-    sin: Tensor | None = None,
-) -> None:
+def check_inputs(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor) -> None:
     """One clear line for each way the kernel's inputs can be wrong (host metadata only: no device reads)."""
-    if (cos is None) != (sin is None) or cos is not None and not (cos.shape == sin.shape == (q.shape[0], q.shape[2])):
-        raise ValueError(f"cos and sin come together, each [n, D] = {(q.shape[0], q.shape[2])}: got "
-                         f"{None if cos is None else tuple(cos.shape)}, {None if sin is None else tuple(sin.shape)}")
     if q.dim() != 3 or k_cache.dim() != 3 or k_cache.shape != v_cache.shape:
         raise ValueError(f"decode attention takes q [n, H, D] and caches [Hkv, S, D] of one shape: got "
                          f"{tuple(q.shape)}, {tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
@@ -218,8 +168,9 @@ def check_inputs(
 
 def tiling(rows: int, dim: int, kv_heads: int, span: int, sms: int) -> tuple[int, ...]:
     """Padded head size, query rows and keys per block, query blocks, and splits: a power of two near
-    PROGRAMS_PER_SM programs per SM over all KV heads and query blocks (H200, Llama-3-8B, one row: 32 splits,
-    so 64 tokens each at 2048 cached tokens; 8 splits at 512), never more than the cache has key blocks."""
+    PROGRAMS_PER_SM programs per SM over all KV heads and query blocks on a device of `sms` multiprocessors
+    (H200's 132, Llama-3-8B, one row: 32 splits, so 64 tokens each at 2048 cached tokens; 8 splits at 512),
+    never more than the cache has key blocks."""
     d_pad = max(16, triton.next_power_of_2(dim))  # tl.dot needs 16 or more on every side
     block_m = min(64, max(16, triton.next_power_of_2(rows)))
     block_n = 64 if d_pad <= 128 else 32
@@ -229,58 +180,43 @@ def tiling(rows: int, dim: int, kv_heads: int, span: int, sms: int) -> tuple[int
 
 
 @torch.library.custom_op("flashspec::decode_attention", mutates_args=())
-def decode_attention_triton(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, cos: Tensor | None = None,
-    sin: Tensor | None = None,
-) -> Tensor:
+def decode_attention_triton(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor) -> Tensor:
     """decode_attention_reference's result, reading only the used part of the cache (see the module doc).
     A custom op, so torch.compile calls it as one opaque op instead of tracing into the launches."""
-    check_inputs(q, k_cache, v_cache, positions, cos, sin)
-    return launch(q, k_cache, v_cache, positions, sm_count(q.device), upcast=q.device.type == "cpu", cos=cos,
-                  sin=sin)
+    check_inputs(q, k_cache, v_cache, positions)
+    return launch(q, k_cache, v_cache, positions, sm_count(q.device), upcast=q.device.type == "cpu")
 
 
-def launch(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, sms: int, upcast: bool,
-    cos: Tensor | None = None, sin: Tensor | None = None,
-) -> Tensor:
-    """The one launch for a device of `sms` multiprocessors; `upcast`: float32 dots (the interpreter's).
+def launch(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, sms: int, upcast: bool) -> Tensor:
+    """The two launches for a device of `sms` multiprocessors; `upcast`: float32 dots (the interpreter's).
     Apart from the custom op, so tests/test_verify_compile.py can record the GPU's launches on any machine."""
     n, heads, dim = q.shape
     kv_heads = k_cache.shape[0]
     rep = heads // kv_heads
-    d_pad, block_m, block_n, m_blocks, splits = tiling(n * rep, dim, kv_heads, k_cache.shape[1], sms)
+    d_pad, block_m, block_n, m_blocks, max_splits = tiling(n * rep, dim, kv_heads, k_cache.shape[1], sms)
     m_pad = m_blocks * block_m
-    acc = torch.empty(kv_heads, splits, m_pad, d_pad, dtype=torch.float32, device=q.device)
-    ml = torch.empty(kv_heads, splits, m_pad, 2, dtype=torch.float32, device=q.device)
+    acc = torch.empty(kv_heads, max_splits, m_pad, d_pad, dtype=torch.float32, device=q.device)
+    ml = torch.empty(kv_heads, max_splits, m_pad, 2, dtype=torch.float32, device=q.device)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     positions = positions.contiguous()
-    rope = cos is not None
-    cos, sin = (cos.contiguous(), sin.contiguous()) if rope else (q, q)  # unread without ROPE
+    n_p2 = triton.next_power_of_2(n)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     qk_scale = dim**-0.5 * 1.4426950408889634  # softmax in base 2: exp(x) = exp2(x * log2(e))
-    _decode_attention[(kv_heads, splits, m_blocks)](
-        q, k_cache, v_cache, positions, cos, sin, out, acc, ml, tickets(q.device, kv_heads * m_blocks), n, rep,
-        qk_scale, *q.stride(), *k_cache.stride(), *v_cache.stride(), out.stride(0), out.stride(1), cos.stride(0),
-        D=dim, D_PAD=d_pad, M_PAD=m_pad, BLOCK_M=block_m, BLOCK_N=block_n, N_P2=triton.next_power_of_2(n),
-        SPLITS=splits, ROPE=rope, PRECISION=precision, UPCAST=upcast,
+    _decode_attention_split[(kv_heads, max_splits, m_blocks)](
+        q, k_cache, v_cache, positions, acc, ml, n, rep, max_splits, qk_scale, *q.stride(), *k_cache.stride(),
+        *v_cache.stride(), D=dim, D_PAD=d_pad, M_PAD=m_pad, BLOCK_M=block_m, BLOCK_N=block_n, N_P2=n_p2,
+        PRECISION=precision, UPCAST=upcast,
         num_warps=4 if block_m <= 16 else 8, num_stages=2,  # no register spills on sm_90 (ptxas, Triton 3.9)
+    )
+    _decode_attention_combine[(n, heads)](
+        out, acc, ml, rep, max_splits, out.stride(0), out.stride(1), D=dim, D_PAD=d_pad, M_PAD=m_pad,
+        SPLITS=max_splits,
     )
     return out
 
 
-@functools.cache
-def tickets(device: torch.device, groups: int) -> Tensor:
-    """The split programs' counters, one per (KV head, query block): zero between launches (the last program
-    of each group resets its own), so one buffer serves every launch and every replay of a captured graph.
-    Allocated on the first call, which runs before any capture (graphs are captured after a warm-up run).
-    Launches that share it run one after another on one stream, as the engine's do."""
-    return torch.zeros(groups, dtype=torch.int32, device=device)
-
-
 @decode_attention_triton.register_fake
-def _(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, cos: Tensor | None = None,
-      sin: Tensor | None = None) -> Tensor:
+def _(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor) -> Tensor:
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 

@@ -250,13 +250,13 @@ class NativeLlama(CausalLM):
         k = k.view(1, n, self.n_kv_heads, self.head_dim)
         if hasattr(attn, "q_norm"):
             q, k = attn.q_norm(q), attn.k_norm(k)
-        turned, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
         k_cache.index_copy_(1, positions, k[0].transpose(0, 1))
         v_cache.index_copy_(1, positions, v.view(n, self.n_kv_heads, self.head_dim).transpose(0, 1))
-        if mask is None:  # the decode attention rotates q as it loads it: no kernel of its own for that
-            out = self.decode_attention(q[0], k_cache, v_cache, positions, cos[0], sin[0])
+        if mask is None:
+            out = self.decode_attention(q[0], k_cache, v_cache, positions)
         else:
-            out = grouped_attention(turned[0], k_cache, v_cache, mask)
+            out = grouped_attention(q[0], k_cache, v_cache, mask)
         x = x + attn.o_proj(out.view(1, n, -1))
         gate, up = F.linear(layer.post_attention_layernorm(x), gate_up, gate_up_bias).chunk(2, dim=-1)
         return x, mlp.down_proj(mlp.act_fn(gate) * up)
