@@ -202,6 +202,9 @@ def check_chunked_autoregressive(target, tokenizer, prompts: list) -> None:
     of 23, an EOS at new token 9), and synchronises with the host 27 times less in 31 steps."""
     cfg = TargetConfig(device="cuda", dtype="bfloat16", max_context=target.max_context)
     engine = SpeculativeEngine(FlashSpecConfig(cfg, bandit=BanditConfig("none")), target=target, tokenizer=tokenizer)
+    # The compiled Triton verifier, whose output tensors the next call overwrites: a chunk that kept them instead
+    # of its own token tensors would read back its last token in every place.
+    assert engine.verify is verify_triton
     eos = engine.eos_ids
 
     def run(chunk: int, prompt, new: int, sampling: SamplingConfig, extra_eos: set[int] = frozenset()) -> tuple:

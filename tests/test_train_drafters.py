@@ -21,7 +21,15 @@ from flashspec.drafters.shared_head import hf_model
 from flashspec.models import NativeLlama, load_hf
 from flashspec.models.tiny import HIDDEN, tiny_tokenizer
 from flashspec.train import corpus, eagle, feature_drafters, streaming
-from flashspec.train.distill import INSTRUCTIONS, MIN_WINDOW, chat_frame, chat_prompts, corpus_prompts
+from flashspec.train.distill import (
+    FAMILY_HELDOUT_FRAC,
+    INSTRUCTIONS,
+    MIN_WINDOW,
+    chat_frame,
+    chat_prompts,
+    corpus_prompts,
+    corpus_streams,
+)
 from flashspec.train.feature_drafters import FitConfig, fit
 
 MAX_BYTES = 5 << 20
@@ -195,11 +203,41 @@ def test_trained_medusa_drafts_losslessly(medusa):
 def test_corpus_prompts_are_reproducible_windows_of_real_text(monkeypatch):
     monkeypatch.setattr(corpus, "discover", functools.cache(corpus.discover))  # walk the file system once
     tokenizer = tiny_tokenizer()
+    if len(corpus_streams(tokenizer, 0.05)[0]) <= 32:
+        pytest.skip("this machine has too little text for a 0.05 MB corpus sample of windows of 32 tokens "
+                    "(the roots of flashspec/train/corpus.py: the Python trees, /usr/share/doc, man pages)")
     a, b = (corpus_prompts(tokenizer, 8, 32, seed=5, max_mb=0.05) for _ in range(2))
     assert a.shape == (8, 32) and torch.equal(a, b)
     assert not torch.equal(a, corpus_prompts(tokenizer, 8, 32, seed=6, max_mb=0.05))
     text = tokenizer.decode(a[0])
     assert sum(c.isprintable() or c.isspace() for c in text) > 0.9 * len(text)
+
+
+class _SpyTokenizer:
+    """A tokenizer that records the size of every batch it is called on."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.batches = tokenizer, []
+
+    def __call__(self, texts, **kwargs):
+        self.batches.append(len(texts))
+        return self.tokenizer(texts, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_split_without_text_is_an_empty_stream(monkeypatch, tmp_path):
+    """A machine whose sample holds no prose and no held-out file: those streams are empty, and the tokenizer
+    never sees an empty batch (transformers 5.17's fast tokenizers raise IndexError on one)."""
+    (tmp_path / "a.py").write_text("def f(x):\n    return [x + i for i in range(10)]  # code, no docstring\n")
+    assert not corpus.is_heldout("site-packages/a.py", FAMILY_HELDOUT_FRAC)
+    monkeypatch.setattr(corpus, "python_roots", lambda: [("site-packages", tmp_path)])
+    for root in ("DOC_ROOT", "LICENSES_ROOT", "MAN_ROOT"):
+        monkeypatch.setattr(corpus, root, tmp_path / "absent")
+    tokenizer = _SpyTokenizer(tiny_tokenizer())
+    train, heldout = corpus_streams(tokenizer, 0.05)
+    assert len(train) > 0 and heldout.shape == (0,) and 0 not in tokenizer.batches
 
 
 def test_chat_prompts_wrap_corpus_windows_in_the_chat_template():

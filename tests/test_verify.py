@@ -11,11 +11,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from triton.compiler import CompiledKernel
 
 from flashspec.config import SamplingConfig
 from flashspec.verify import process_logits, sample_from, verify, verify_reference, verify_triton
-from flashspec.verify.triton_kernel import _CHAIN_PLANS, Launcher, Tuning, aligned
+from flashspec.verify.triton_kernel import _CHAIN_PLANS, Tuning
 
 SAMPLINGS = {
     "greedy": SamplingConfig(),
@@ -269,43 +268,3 @@ def test_thresholds_beyond_the_candidates_spread_over_programs(mode: str, passes
         assert (n_in >= 1).all()
         if passes == 3:  # ...and was left with few enough logits to finish in registers
             assert (n_in <= 32).all(), n_in
-
-
-class _FakeCompiled(CompiledKernel):
-    """A compiled kernel that records its direct launches."""
-
-    module = None  # nothing to unload
-
-    def __init__(self, calls: list) -> None:  # none of CompiledKernel's state is needed
-        self.calls = calls
-
-    def __getitem__(self, grid):
-        return lambda *args: self.calls.append(("direct", grid, args))
-
-
-class _FakeJIT:
-    """A JIT-compiled kernel `k(x_ptr, n, BLOCK: constexpr, FLAG: constexpr)`: records launches through the JIT."""
-
-    arg_names = ["x_ptr", "n", "BLOCK", "FLAG"]
-
-    def __init__(self) -> None:
-        self.calls: list = []
-
-    def __getitem__(self, grid):
-        def run(*args, **constants):
-            self.calls.append(("jit", grid, args, constants))
-            return _FakeCompiled(self.calls)
-        return run
-
-
-def test_launcher_goes_direct_after_the_first_aligned_launch() -> None:
-    kernel, x = _FakeJIT(), torch.zeros(8)
-    launch = Launcher(kernel, (3, 1), dict(FLAG=True, BLOCK=64, num_warps=4))
-    launch(aligned(x[1:]), x[1:], 5)  # unaligned: compiled apart, never reused
-    launch(aligned(x), x, 5)
-    launch(aligned(x), x, 5)
-    launch(aligned(x[1:]), x[1:], 5)
-    kinds = [call[0] for call in kernel.calls]
-    assert kinds == ["jit", "jit", "direct", "jit"]
-    # The direct launch passes every parameter in signature order, constexprs included, as Triton's JIT does.
-    assert kernel.calls[2] == ("direct", (3, 1), (x, 5, 64, True))

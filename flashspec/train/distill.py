@@ -41,6 +41,10 @@ def corpus_streams(tokenizer: PreTrainedTokenizerBase, max_mb: float) -> tuple[T
 
 
 def _stream(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> Tensor:
+    # A split a small sample leaves empty (a machine short of a kind of text): transformers 5.17's fast
+    # tokenizers raise IndexError on an empty batch.
+    if not texts:
+        return torch.empty(0, dtype=torch.long)
     # Whole documents, longer than the model's context: only windows of them are used (no length warning).
     ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

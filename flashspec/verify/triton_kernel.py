@@ -16,12 +16,12 @@ Non-finite logits are the caller's check (the engine folds it into its one host 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from triton.compiler import CompiledKernel
 from triton.runtime.jit import JITFunction
 
 from flashspec.verify.reference import check_inputs
@@ -767,46 +767,10 @@ def no_capture(device: torch.device, name: str) -> None:
                          "and sampling before capturing (a warm-up run)")
 
 
-DIRECT_LAUNCH = False  # Triton 3.6 on the H200: the compiled kernel's launch raised IndexError (args)
-
-
-class Launcher:
-    """One kernel's launches for one plan, whose grid and compile-time constants are fixed. The first launch
-    goes through Triton's JIT (`kernel[grid](...)`), which binds and specialises every argument, builds a cache
-    key from them and compiles: that was most of a verifier call's host time. Later launches call the compiled
-    kernel it returned (`CompiledKernel[grid]`, where Triton's JIT ends too, with every parameter in signature
-    order, constexprs included). That holds while the arguments specialise as at that first launch: a plan fixes
-    the shapes, dtypes, integers and workspace, so only the pointers' 16-byte alignment can change, and a call
-    whose pointers are not all aligned takes the JIT path. The interpreter returns no compiled kernel: always
-    the JIT path there."""
-
-    def __init__(self, kernel, grid: tuple, constants: dict) -> None:
-        self.kernel, self.grid, self.constants = kernel, grid, constants
-        self.direct = None
-        self.tail: tuple = ()
-
-    def __call__(self, aligned: bool, *args) -> None:
-        if aligned and self.direct is not None:
-            self.direct(*args, *self.tail)
-            return
-        compiled = self.kernel[self.grid](*args, **self.constants)
-        if DIRECT_LAUNCH and aligned and isinstance(compiled, CompiledKernel):
-            self.tail = tuple(self.constants[name] for name in self.kernel.arg_names[len(args):])
-            self.direct = compiled[self.grid]
-
-
-def aligned(*tensors: Tensor) -> bool:
-    """Every tensor's data 16-byte aligned, as Triton specialises pointers."""
-    address = 0
-    for t in tensors:
-        address |= t.data_ptr()
-    return address % 16 == 0
-
-
 class _ChainPlan:
     """Everything verify_triton derives from the input shapes, the sampling and the tuning: checked, sized and
-    allocated once (the workspace too: its counters reset themselves), with its launches, so a call allocates
-    its outputs and launches."""
+    allocated once (the workspace and the outputs too: its counters reset themselves), with its launches (each
+    kernel's grid and compile-time constants bound), so a call only launches."""
 
     def __init__(self, target_logits: Tensor, draft_tokens: Tensor, draft_probs: Tensor | None, sampling,
                  uniforms: Tensor, tuning: Tuning | None) -> None:
@@ -842,34 +806,32 @@ class _ChainPlan:
         common = dict(V=vocab, STOCHASTIC=stochastic, CHUNK=shape.chunk, BLOCK_V=shape.block_v, num_warps=t.num_warps)
         constants = {k: v for k, v in shape.constants(stochastic).items() if k != "NBLK_P2"} | dict(
             CAP=cap, G1_P2=g1_p2, M=cap // nsplit_p2, NBINS=t.bins, SORT=t.sort, SEARCH=passes > 0)
-        self.first = (Launcher(_verify_kernel, (b, g1, shape.nsplit), constants),
+        self.first = (partial(_verify_kernel[b, g1, shape.nsplit], **constants),
                       (part, part_arg, stats, argmax, flags, counters, cand, self.search),
                       (b, g1 - 1, temperature, top_k, top_p))
         # The threshold searches the first kernel leaves to several programs: `passes` bisection steps per stage.
         search = common | dict(TOP_P=shape.top_p, BLOCK_S=min(t.block_search, shape.block_v), CAP=cap,
                                P_ROW=t.pivots_row, P_CAND=t.pivots_cand, P_SEARCH=t.pivots_search, NSPLIT_P2=nsplit_p2)
-        self.searches = [(Launcher(_search_kernel, (b, g1, shape.nsplit), search | dict(STAGE=stage)),
+        self.searches = [(partial(_search_kernel[b, g1, shape.nsplit], **search, STAGE=stage),
                           (stats, argmax, flags, counters, cand, self.search, pivots),
                           (g1 - 1, temperature, top_p, int(step == passes - 1)))
                          for stage in stages for step in range(passes)]
         self.residual = None
         if not shape.greedy:
-            self.residual = (Launcher(_residual_kernel, (b, shape.nsplit), common | dict(NBLK_P2=nblk_p2,
-                                                                                          G1_P2=g1_p2)),
+            self.residual = (partial(_residual_kernel[b, shape.nsplit], **common, NBLK_P2=nblk_p2, G1_P2=g1_p2),
                              (stats, flags, counters[rows + b:], bsum), (g1 - 1, temperature))
 
     def launch(self, logits: Tensor, draft_tokens: Tensor, draft_probs: Tensor | None,
                uniforms: Tensor) -> tuple[Tensor, Tensor]:
         n_accepted, tokens = self.outputs
         inputs = (logits, draft_tokens, logits if draft_probs is None else draft_probs, uniforms)
-        ok = aligned(*inputs)
         kernel, workspace, args = self.first
-        kernel(ok, *inputs, n_accepted, tokens, *workspace, *args)
+        kernel(*inputs, n_accepted, tokens, *workspace, *args)
         for kernel, workspace, args in self.searches:
-            kernel(ok, *inputs, *workspace, *args)
+            kernel(*inputs, *workspace, *args)
         if self.residual is not None:
             kernel, workspace, args = self.residual
-            kernel(ok, *inputs, n_accepted, tokens, *workspace, *args)
+            kernel(*inputs, n_accepted, tokens, *workspace, *args)
         return n_accepted, tokens
 
 
