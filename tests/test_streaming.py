@@ -40,6 +40,17 @@ def test_drafter_leaves_the_target_untouched():
     assert torch.equal(target.forward(ids).logits, before)
 
 
+def test_a_target_handing_other_layers_to_another_arm_is_refused():
+    """One captured set per target: an eagle3 arm's (several layers) and a streaming arm's cannot coexist."""
+    target, _ = make_target()
+    drafter = make_drafter(target)
+    StreamingArm(drafter, target)  # the same layer again is fine (several gammas, one drafter)
+    StreamingArm(drafter, target)
+    target.set_capture_layer((0, 1))  # as eagle3 sets it
+    with pytest.raises(ValueError, match="cannot share a target"):
+        StreamingArm(drafter, target)
+
+
 def test_arm_drafts_what_training_computes():
     target, _ = make_target()
     drafter = make_drafter(target)

@@ -35,6 +35,9 @@ from flashspec.verify import process_logits, sample_from
 class StreamingArm(Arm):
     def __init__(self, drafter: StreamingDrafter, target: NativeLlama, name: str = "streaming") -> None:
         check_native(target)
+        if target.capture_layer not in (None, drafter.first):  # one captured set per target: eagle3's, or another
+            raise ValueError(f"the target already hands layer(s) {target.capture_layer} to another arm: the "
+                             f"streaming arm (layer {drafter.first}) cannot share a target with it")
         self.drafter, self.target, self.name = drafter.eval(), target, name
         target.set_capture_layer(drafter.first)
         self.anchor: Tensor | None = None  # the layer input at position `anchor_position`
