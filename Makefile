@@ -28,7 +28,7 @@ test:
 test-slow:
 	$(PYTHON) -m pytest -n 2 -q -m slow
 
-# One file per worker (--dist load): a module's models and compiled kernels are built once; -rfEs: each failure, error and skip with its reason.
+# Tests spread one by one over the workers (--dist load; a module's fixtures are built per worker, and the verifier's per-gamma compiles run in parallel); -rfEs: each failure, error and skip with its reason.
 test-gpu:
 	$(PYTHON) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'test-gpu needs a CUDA GPU (make test runs on the CPU)')"
 	mkdir -p $(dir $(GPU_LOG))
