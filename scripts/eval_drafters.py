@@ -33,6 +33,7 @@ from flashspec.config import TargetConfig  # noqa: E402
 from flashspec.drafters.checkpoint import CONFIG, WEIGHTS  # noqa: E402
 from flashspec.harness.data import DatasetConfig, encode, load_prompts  # noqa: E402
 from flashspec.models import load_model  # noqa: E402
+from flashspec.train.tau import tau  # noqa: E402
 
 TARGET = "flashspec-target"
 DRAFTER_KINDS = ("medusa", "eagle", "streaming")
@@ -74,15 +75,6 @@ def prompt_ids(tokenizer, data_dir: str | None, limit: int) -> dict[str, list[li
         prompts = load_prompts(cfg, data_dir)
         out[name] = [encode(tokenizer, [{"role": "user", "content": p.turns[0]}], chat) for p in prompts]
     return out
-
-
-def tau(engine: SpeculativeEngine, prompts: list[list[int]], sampling: SamplingConfig, max_new: int) -> float:
-    """Tokens emitted per decoding step of the target, over all prompts (seed i for prompt i)."""
-    emitted = []
-    for i, ids in enumerate(prompts):
-        s = SamplingConfig(sampling.temperature, sampling.top_k, sampling.top_p, seed=i)
-        emitted += engine.generate(ids, max_new, s).emitted
-    return sum(emitted) / max(len(emitted), 1)
 
 
 def evaluate(args: argparse.Namespace) -> dict:

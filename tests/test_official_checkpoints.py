@@ -6,6 +6,7 @@ which reads the files itself. Heads that do not fit the target are refused in on
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,15 +69,9 @@ def write_medusa(path, target_config, lm_head: torch.Tensor, heads: int = 4, lay
         weight = lm_head.detach().clone() + noise(lm_head.shape, 10 * k + 2, 0.02)
         state[f"{k}.{layers}.weight"] = weight if vocab is None else noise((vocab, d), 3)
     state = {k: v.to(HALF) for k, v in state.items()}
-    path.mkdir(parents=True)
-    if safetensors:
-        save_file(state, path / "medusa_lm_head.safetensors")
-    else:
-        torch.save(state, path / "medusa_lm_head.pt")
     config = {"base_model_name_or_path": "tiny", "medusa_num_heads": heads, "medusa_num_layers": layers,
               "transformers_version": "4.34.0"}
-    (path / "config.json").write_text(json.dumps(config, indent=2))
-    return state
+    return write_checkpoint(path, state, config, "medusa_lm_head.safetensors" if safetensors else "medusa_lm_head.pt")
 
 
 def llama_config_json(target_config, **extra) -> dict:
@@ -112,13 +107,7 @@ def write_eagle(path, hf, safetensors: bool = False, **config_extra) -> dict:
              "fc.bias": noise((d,), 3), "embed_tokens.weight": hf.get_input_embeddings().weight.detach().clone(),
              **attention_state("layers.0.", config, d, 100)}
     state = {k: v.to(HALF) for k, v in state.items()}
-    path.mkdir(parents=True)
-    if safetensors:
-        save_file(state, path / "model.safetensors")
-    else:
-        torch.save(state, path / "pytorch_model.bin")
-    (path / "config.json").write_text(json.dumps(config, indent=2))
-    return state
+    return write_checkpoint(path, state, config, "model.safetensors" if safetensors else "pytorch_model.bin")
 
 
 def write_eagle3(path, hf, draft_vocab: int = 200, t2d_size: int | None = None) -> dict:
@@ -140,8 +129,17 @@ def write_eagle3(path, hf, draft_vocab: int = 200, t2d_size: int | None = None) 
     state["midlayer.mlp.down_proj.weight"] *= 0.1
     state["midlayer.self_attn.o_proj.weight"] *= 0.1
     state = {k: v.to(HALF) for k, v in state.items()} | {"d2t": d2t, "t2d": t2d}
+    return write_checkpoint(path, state, config, "pytorch_model.bin")
+
+
+def write_checkpoint(path: Path, state: dict, config: dict, weights: str) -> dict:
+    """The folder as the authors' code writes it: the weights file (safetensors, or torch.save for .pt/.bin) and
+    config.json; returns the state."""
     path.mkdir(parents=True)
-    torch.save(state, path / "pytorch_model.bin")
+    if weights.endswith(".safetensors"):
+        save_file(state, path / weights)
+    else:
+        torch.save(state, path / weights)
     (path / "config.json").write_text(json.dumps(config, indent=2))
     return state
 
