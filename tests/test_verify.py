@@ -11,10 +11,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import triton.compiler.compiler as triton_compiler
+from triton.compiler import CompiledKernel
 
 from flashspec.config import SamplingConfig
 from flashspec.verify import process_logits, sample_from, verify, verify_reference, verify_triton
-from flashspec.verify.triton_kernel import _CHAIN_PLANS, Tuning
+from flashspec.verify.triton_kernel import _CHAIN_PLANS, Launcher, Tuning, aligned
 
 SAMPLINGS = {
     "greedy": SamplingConfig(),
@@ -261,10 +263,101 @@ def test_thresholds_beyond_the_candidates_spread_over_programs(mode: str, passes
     args[0] = args[0] / 6  # flat: the nucleus (or the top-k) holds hundreds of tokens, the candidates 4 a chunk
     assert_same_outcome(verify_triton(*args[:3], sampling, args[3], tuning),
                         verify_reference(*args[:3], sampling, args[3]))
-    plan = next(plan for key, plan in _CHAIN_PLANS.items() if tuning in key)
+    plan = next(plan for key, plan in _CHAIN_PLANS.items()
+                if key[:4] == (sampling.temperature, sampling.top_k, sampling.top_p, tuning))
     stage, *_, n_in = plan.search.view(-1, 9)[:, :4].T.cpu()
-    assert not stage.any()  # every search ended: the next call starts clean
+    assert set(stage.tolist()) <= {0, -1}  # every search ended: the next call starts clean
     if passes:  # every row took the search (its last interval, kept for this check, holds the threshold)...
         assert (n_in >= 1).all()
         if passes == 3:  # ...and was left with few enough logits to finish in registers
             assert (n_in <= 32).all(), n_in
+
+
+@pytest.mark.parametrize("mode", sorted(FLAT_MODES))
+def test_a_search_left_with_few_logits_gathers_them_across_programs(mode: str, device) -> None:
+    # 16 pivots a step over 2000 flat logits: after one or two steps the interval holds at most `cap` = 128, so
+    # the next step's programs each store their chunk's logits in it and the last finishes in registers.
+    sampling, tuning = FLAT_MODES[mode], replace(SPREAD, search_passes=3, cap=128, pivots_search=16)
+    for seed in range(3):
+        args = make_inputs(1, 2, 2000, sampling, True, seed=seed, device=device)
+        args[0] = args[0] / 6
+        assert_same_outcome(verify_triton(*args[:3], sampling, args[3], tuning),
+                            verify_reference(*args[:3], sampling, args[3]))
+        plan = next(plan for key, plan in _CHAIN_PLANS.items()
+                    if key[:4] == (sampling.temperature, sampling.top_k, sampling.top_p, tuning))
+        stage = plan.search.view(-1, 9)[:, 0].cpu()
+        assert (stage == -1).all(), stage
+
+
+class _FakeCompiled(CompiledKernel):
+    """Triton's own compiled-kernel runner (`CompiledKernel.__getitem__`, which reads grid[0], grid[1] and
+    grid[2]) over a launch that records its arguments instead of reaching a GPU."""
+
+    function = packed_metadata = module = None
+
+    def __init__(self, calls: list, fail: bool = False) -> None:  # none of CompiledKernel's state is needed
+        self.calls, self.fail = calls, fail
+
+    def _init_handles(self) -> None:
+        pass
+
+    def launch_metadata(self, grid, stream, *args) -> None:
+        return None
+
+    @property
+    def run(self):
+        def launch(gx, gy, gz, stream, function, packed, metadata, enter, exit_, *args):
+            if self.fail:
+                raise TypeError("the launcher's arguments do not match")
+            self.calls.append(("direct", (gx, gy, gz), args))
+        return launch
+
+
+class _FakeJIT:
+    """A JIT-compiled kernel `k(x_ptr, n, BLOCK: constexpr, FLAG: constexpr)`: records launches through the JIT."""
+
+    arg_names = ["x_ptr", "n", "BLOCK", "FLAG"]
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list = []
+        self.fail = fail
+
+    def __getitem__(self, grid):
+        def run(*args, **constants):
+            self.calls.append(("jit", grid, args, constants))
+            return _FakeCompiled(self.calls, self.fail)
+        return run
+
+
+@pytest.fixture
+def cuda_stream_stub(monkeypatch):
+    """The runner asks Triton's driver for the current stream; this machine may have no GPU driver."""
+    class Active:
+        get_current_device = staticmethod(lambda: 0)
+        get_current_stream = staticmethod(lambda device: 7)
+    monkeypatch.setattr(triton_compiler, "driver", type("Driver", (), {"active": Active}))
+    monkeypatch.setattr(Launcher, "enabled", True)
+
+
+def test_launcher_goes_direct_after_the_first_aligned_launch(cuda_stream_stub) -> None:
+    kernel, x = _FakeJIT(), torch.zeros(8)
+    launch = Launcher(kernel, (3, 2), dict(FLAG=True, BLOCK=64, num_warps=4))  # a 2-D grid, as the residual's
+    launch(aligned(x[1:]), x[1:], 5)  # unaligned: compiled apart, never reused
+    launch(aligned(x), x, 5)
+    launch(aligned(x), x, 5)
+    launch(aligned(x[1:]), x[1:], 5)
+    assert [call[0] for call in kernel.calls] == ["jit", "jit", "direct", "jit"]
+    # The grid reaches the launcher in 3-D, and the parameters in signature order, constexprs included, as
+    # Triton's JIT passes them.
+    assert kernel.calls[2] == ("direct", (3, 2, 1), (x, 5, 64, True))
+
+
+def test_a_failing_direct_launch_falls_back_to_the_jit(cuda_stream_stub) -> None:
+    kernel, x = _FakeJIT(fail=True), torch.zeros(8)
+    launch = Launcher(kernel, (3, 1, 1), dict(FLAG=False, BLOCK=64))
+    launch(True, x, 5)
+    with pytest.warns(RuntimeWarning, match="direct kernel launches failed"):
+        launch(True, x, 5)
+    launch(True, x, 5)
+    assert [call[0] for call in kernel.calls] == ["jit", "jit", "jit"]
+    assert not Launcher.enabled

@@ -117,6 +117,11 @@ def compile_launch(fn, args: tuple, kwargs: dict) -> None:
     backend = make_backend(target)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
+    # The verifier's direct launches (triton_kernel.Launcher: every constexpr given) pass the parameters so.
+    tail = fn.arg_names[len(args):]
+    if all(name in kwargs for name in tail):
+        direct = (*args, *(kwargs[name] for name in tail))
+        assert all(a is b for a, b in zip(direct, bound.values(), strict=True)), "direct launch out of order"
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
     triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
 

@@ -13,6 +13,7 @@ from test_verify import SAMPLINGS, assert_same_outcome, make_inputs
 
 from flashspec.config import SamplingConfig
 from flashspec.verify import verify_reference, verify_triton
+from flashspec.verify.triton_kernel import _CHAIN_PLANS, Launcher
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -28,6 +29,18 @@ def test_compiled_matches_reference_at_every_gamma(mode: str, stochastic: bool) 
             args = make_inputs(2, gamma, 128256, sampling, stochastic, seed=100 * gamma + seed, device="cuda")
             assert_same_outcome(verify_triton(*args[:3], sampling, args[3]),
                                 verify_reference(*args[:3], sampling, args[3]))
+
+
+@pytest.mark.parametrize("mode,stochastic", [("greedy", False), ("t0.8_topp0.9", True), ("t1", True)])
+def test_direct_launches_run_and_match_reference(mode: str, stochastic: bool) -> None:
+    # After a plan's first call through Triton's JIT, its kernels launch through the compiled kernels directly
+    # (triton_kernel.Launcher); a direct launch that raised would have switched them off with a warning.
+    sampling = GPU_SAMPLINGS[mode]
+    for seed in range(4):
+        args = make_inputs(1, 8, 128256, sampling, stochastic, seed=seed, device="cuda")
+        assert_same_outcome(verify_triton(*args[:3], sampling, args[3]), verify_reference(*args[:3], sampling, args[3]))
+    assert Launcher.enabled
+    assert any(plan.first[0].direct is not None for plan in _CHAIN_PLANS.values())
 
 
 @pytest.mark.parametrize("vocab", [1000, 32000, 151936])

@@ -174,7 +174,8 @@ def target_verifier(frames: dict) -> list[str]:
         kernel = row.get("us_kernel_in_graph", math.nan)
         parts.append(f"{mode} {row['us_per_call']:.1f} us (reference {ref.get(mode, math.nan):.1f} us)")
         why.append(f"{mode}: {row['us_per_call']:.1f} us per call = the kernel alone in a graph {kernel:.1f} us + "
-                   f"launch and host work {row['us_per_call'] - kernel:.1f} us")
+                   f"launch and host work {row['us_per_call'] - kernel:.1f} us (direct launches: "
+                   f"{row.get('direct_launches', 'not recorded')}); kernels: {row.get('kernels', 'not recorded')}")
     ok = bool((fused["us_per_call"] <= VERIFIER_US).all()) and {"greedy", "sampled"} <= set(fused.index)
     return judged(f"{title}, V = {LLAMA3_IDS['vocab_size']}, greedy and sampled", ok, "; ".join(parts), why)
 

@@ -26,12 +26,14 @@ from flashspec.verify.triton_kernel import (
     GPU,
     INTERPRETER,
     Launch,
+    Launcher,
     Tuning,
     _arrive_last,
     _exp,
     _finish_row,
     _first_above,
     _store_chunk_stats,
+    aligned,
     check_compiles,
     no_capture,
     plan_key,
@@ -217,10 +219,11 @@ class _TreePlan:
         buf = torch.empty(vocab, dtype=torch.float32, device=dev)
         sizes = [n1 + 1, n1 * nsplit_p2, n1]
         self.counters, part_arg, argmax = torch.zeros(sum(sizes), dtype=torch.int32, device=dev).split(sizes)
-        self.n1, self.grid = n1, (n1, shape.nsplit)
+        self.n1 = n1
         self.workspace = (part, part_arg, stats, argmax, self.counters, cand, buf, bsum)
         self.args = (n1 - 1, *shape.scalars(sampling))
-        self.constants = shape.constants(draft_probs is not None) | dict(N_P2=triton.next_power_of_2(n1))
+        self.launch = Launcher(_tree_kernel, (n1, shape.nsplit),
+                               shape.constants(draft_probs is not None) | dict(N_P2=triton.next_power_of_2(n1)))
 
 
 _TREE_PLANS: dict[tuple, _TreePlan] = {}
@@ -244,9 +247,7 @@ def verify_tree_triton(
     n_accepted, path, out_tokens = out[0], out[1:n1], out[n1:]
     plan.counters.zero_()
     logits = target_logits.contiguous()
-    _tree_kernel[plan.grid](
-        logits, tokens.to(dev).contiguous(), parents.to(dev, non_blocking=True).contiguous(),
-        logits if draft_probs is None else draft_probs.contiguous(), uniforms.float().contiguous(),
-        n_accepted, path, out_tokens, *plan.workspace, *plan.args, **plan.constants,
-    )
+    inputs = (logits, tokens.to(dev).contiguous(), parents.to(dev, non_blocking=True).contiguous(),
+              logits if draft_probs is None else draft_probs.contiguous(), uniforms.float().contiguous())
+    plan.launch(aligned(*inputs), *inputs, n_accepted, path, out_tokens, *plan.workspace, *plan.args)
     return n_accepted, path, out_tokens

@@ -15,13 +15,14 @@ Non-finite logits are the caller's check (the engine folds it into its one host 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.compiler import CompiledKernel
 from triton.runtime.jit import JITFunction
 
 from flashspec.verify.reference import check_inputs
@@ -142,18 +143,40 @@ def _narrow(lo, hi, n_above, mass_above, target, count, mass, up, down,
 
 
 @triton.jit
-def _gather(x_row, V: tl.constexpr, lo, hi, cand_ptr, BLOCK_V: tl.constexpr, CAP: tl.constexpr):
-    """The (at most CAP) logits in [lo, hi] as one vector, padded with -inf."""
-    base = 0
-    for off in range(0, V, BLOCK_V):
-        offs = off + tl.arange(0, BLOCK_V)
+def _store_in_range(x_row, V: tl.constexpr, start, LENGTH: tl.constexpr, lo, hi, out_ptr, BLOCK_V: tl.constexpr):
+    """Store the logits of [start, start + LENGTH) that lie in [lo, hi] at out_ptr, in order; return how many."""
+    n = 0
+    for off in range(0, LENGTH, BLOCK_V):
+        offs = start + off + tl.arange(0, BLOCK_V)
         x = tl.load(x_row + offs, mask=offs < V, other=-float("inf")).to(tl.float32)
         sel = (x >= lo) & (x <= hi)
-        tl.store(cand_ptr + base + tl.cumsum(sel.to(tl.int32), 0) - 1, x, mask=sel)
-        base += tl.sum(sel.to(tl.int32), 0)
+        tl.store(out_ptr + n + tl.cumsum(sel.to(tl.int32), 0) - 1, x, mask=sel)
+        n += tl.sum(sel.to(tl.int32), 0)
+    return n
+
+
+@triton.jit
+def _gather(x_row, V: tl.constexpr, lo, hi, cand_ptr, BLOCK_V: tl.constexpr, CAP: tl.constexpr):
+    """The (at most CAP) logits in [lo, hi] as one vector, padded with -inf."""
+    n = _store_in_range(x_row, V, 0, V, lo, hi, cand_ptr, BLOCK_V)
     tl.debug_barrier()  # the candidates were stored by other threads of this program
     i = tl.arange(0, CAP)
-    return tl.load(cand_ptr + i, mask=i < base, other=-float("inf"), cache_modifier=".cg").to(tl.float32)
+    return tl.load(cand_ptr + i, mask=i < n, other=-float("inf"), cache_modifier=".cg").to(tl.float32)
+
+
+@triton.jit
+def _gathered(gather_ptr, count_ptr, COUNT_STRIDE: tl.constexpr, nsplit, NSPLIT_P2: tl.constexpr,
+              CAP: tl.constexpr):
+    """The logits the row's chunks stored (_store_in_range; chunk k's `count_ptr[k * COUNT_STRIDE]` of them at
+    gather_ptr + k * CAP), as one vector of CAP in row order, padded with -inf."""
+    k = tl.arange(0, NSPLIT_P2)
+    counts = tl.load(count_ptr + k * COUNT_STRIDE, mask=k < nsplit, other=0, cache_modifier=".cg").to(tl.int32)
+    ends = tl.cumsum(counts, 0)
+    i = tl.arange(0, CAP)
+    chunk = tl.sum((ends[None, :] <= i[:, None]).to(tl.int32), 1)  # the chunk holding the i-th logit
+    start = tl.sum(tl.where(k[None, :] == chunk[:, None], ends - counts, 0), 1)
+    return tl.load(gather_ptr + chunk * CAP + i - start, mask=i < tl.sum(counts, 0), other=-float("inf"),
+                   cache_modifier=".cg").to(tl.float32)
 
 
 @triton.jit
@@ -561,19 +584,22 @@ def _verify_kernel(
 @triton.jit(do_not_specialize=["G", "finish"])
 def _search_kernel(
     logits_ptr, draft_tokens_ptr, draft_probs_ptr, uniforms_ptr,  # inputs
-    stats_ptr, argmax_ptr, flags_ptr, counters_ptr, cand_ptr, search_ptr, pivot_ptr,  # workspace
+    stats_ptr, argmax_ptr, flags_ptr, counters_ptr, cand_ptr, search_ptr, pivot_ptr, gather_ptr,  # workspace
     G, T, top_p, finish,
     V: tl.constexpr, STAGE: tl.constexpr, TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, CAP: tl.constexpr, P_ROW: tl.constexpr, P_CAND: tl.constexpr,
     P_SEARCH: tl.constexpr, NSPLIT_P2: tl.constexpr,
 ):
     """Grid (B, G+1, chunks), for the rows whose threshold search _verify_kernel left at this STAGE (1: top-k,
-    2: top-p; the other rows' programs return at once): one bisection step spread over the row's chunks. Each
-    program measures its chunk against P_SEARCH pivots (count and float64 mass at or above each, nearest logits
-    either side: _pivot_stats); the last of the row to finish adds them up and narrows the row's interval, as
-    _threshold's passes over the row do in one program. With `finish` it then completes the search on the few
-    logits left (in registers) and starts the top-p stage after top-k, or stores the row's statistics and tests
-    its draft."""
+    2: top-p; the other rows' programs return at once): one step of the search spread over the row's chunks.
+    While the row's interval holds more than CAP logits, the step is one of bisection: each program measures its
+    chunk against P_SEARCH pivots (count and float64 mass at or above each, nearest logits either side:
+    _pivot_stats), and the last of the row to finish adds them up and narrows the interval, as _threshold's
+    passes over the row do in one program. Once it holds at most CAP, each program stores its chunk's logits in
+    the interval, and the last one finishes the search on them in registers. A search that ends (there, or with
+    `finish` by the last program's own passes over the row) starts the top-p stage after top-k, or stores the
+    row's statistics and tests its draft; its state keeps the last interval for tests, stage 0 (-1 when it ended
+    on logits gathered across programs)."""
     b = tl.program_id(0)
     j = tl.program_id(1)
     c = tl.program_id(2)
@@ -583,44 +609,69 @@ def _search_kernel(
         x_row = logits_ptr + row.to(tl.int64) * V
         lo = tl.load(state + 1, cache_modifier=".cg").to(tl.float32)
         hi = tl.load(state + 2, cache_modifier=".cg").to(tl.float32)
+        n_in = tl.load(state + 3, cache_modifier=".cg").to(tl.float32)
         m = tl.load(state + 8, cache_modifier=".cg").to(tl.float32)
         zm = tl.math.div_rn(m, T)
-        count, mass, up, down = _pivot_stats_range(x_row, V, c * CHUNK, CHUNK, _pivots(lo, hi, P_SEARCH), hi, zm, T,
-                                                   BLOCK_S, P_SEARCH)
-        k = tl.arange(0, P_SEARCH)
         slot = pivot_ptr + (row * NSPLIT_P2 + c) * 4 * P_SEARCH
-        tl.store(slot + k, count)
-        tl.store(slot + P_SEARCH + k, mass)
-        tl.store(slot + 2 * P_SEARCH + k, up)
-        tl.store(slot + 3 * P_SEARCH + k, down)
+        gather = (n_in <= CAP) & (lo < hi)
+        if gather:
+            tl.store(slot, _store_in_range(x_row, V, c * CHUNK, CHUNK, lo, hi,
+                                           gather_ptr + (row * NSPLIT_P2 + c) * CAP, BLOCK_V))
+        else:
+            count, mass, up, down = _pivot_stats_range(x_row, V, c * CHUNK, CHUNK, _pivots(lo, hi, P_SEARCH), hi,
+                                                       zm, T, BLOCK_S, P_SEARCH)
+            k = tl.arange(0, P_SEARCH)
+            tl.store(slot + k, count)
+            tl.store(slot + P_SEARCH + k, mass)
+            tl.store(slot + 2 * P_SEARCH + k, up)
+            tl.store(slot + 3 * P_SEARCH + k, down)
         nsplit = tl.cdiv(V, CHUNK)
         if _arrive_last(counters_ptr + row, nsplit):
             tl.store(counters_ptr + row, 0)
-            count, mass, up, down = _sum_pivot_stats(pivot_ptr + row * NSPLIT_P2 * 4 * P_SEARCH, nsplit, NSPLIT_P2,
-                                                     P_SEARCH)
-            n_in = tl.load(state + 3, cache_modifier=".cg").to(tl.float32)
             mass_in = tl.load(state + 4, cache_modifier=".cg")
             n_above = tl.load(state + 5, cache_modifier=".cg").to(tl.float32)
             mass_above = tl.load(state + 6, cache_modifier=".cg")
             target = tl.load(state + 7, cache_modifier=".cg")
             if STAGE == 1:
                 target = target.to(tl.float32)  # a count, as _search_thresholds passes it
-            if lo < hi:
-                lo, hi, n_in, mass_in, n_above, mass_above = _narrow(lo, hi, n_above, mass_above, target, count,
-                                                                     mass, up, down, STAGE == 2, P_SEARCH)
-            if finish == 0:
-                _store_search(state, STAGE, lo, hi, n_in, mass_in, n_above, mass_above, target, m)
+            rows = pivot_ptr + row * NSPLIT_P2 * 4 * P_SEARCH
+            if gather:
+                _store_search(state, -1, lo, hi, n_in, mass_in, n_above, mass_above, target, m)
+                x = _gathered(gather_ptr + row * NSPLIT_P2 * CAP, rows, 4 * P_SEARCH, nsplit, NSPLIT_P2, CAP)
+                tau, n_kept, kept = _threshold_among(x, _exp(x, zm, T), lo, hi, n_in, mass_in, n_above, mass_above,
+                                                     target, STAGE == 2, P_CAND)
+                _end_search(x_row, row, b, j, G, state, tau, n_kept, kept, m, zm, T, top_p, draft_tokens_ptr,
+                            draft_probs_ptr, uniforms_ptr, stats_ptr, argmax_ptr, flags_ptr, V, STAGE, TOP_P,
+                            STOCHASTIC)
             else:
-                _store_search(state, 0, lo, hi, n_in, mass_in, n_above, mass_above, target, m)  # kept for tests
-                tau, n_kept, kept = _threshold(x_row, V, lo, hi, n_in, mass_in, n_above, mass_above, zm, T, target,
-                                               cand_ptr + row * CAP, STAGE == 2, BLOCK_V, CAP, P_ROW, P_CAND)
-                if STAGE == 1 and TOP_P:
-                    none = tl.zeros([], tl.float64)
-                    _store_search(state, 2, tau, m, n_kept, kept, none, none, kept * top_p, m)
+                count, mass, up, down = _sum_pivot_stats(rows, nsplit, NSPLIT_P2, P_SEARCH)
+                if lo < hi:
+                    lo, hi, n_in, mass_in, n_above, mass_above = _narrow(lo, hi, n_above, mass_above, target, count,
+                                                                         mass, up, down, STAGE == 2, P_SEARCH)
+                if finish == 0:
+                    _store_search(state, STAGE, lo, hi, n_in, mass_in, n_above, mass_above, target, m)
                 else:
-                    _store_row_and_test(x_row, row, b, j, G, zm, (1.0 / kept).to(tl.float32), tau, 0,
-                                        draft_tokens_ptr, draft_probs_ptr, uniforms_ptr, stats_ptr, argmax_ptr,
-                                        flags_ptr, V, T, False, STOCHASTIC)
+                    _store_search(state, 0, lo, hi, n_in, mass_in, n_above, mass_above, target, m)
+                    tau, n_kept, kept = _threshold(x_row, V, lo, hi, n_in, mass_in, n_above, mass_above, zm, T,
+                                                   target, cand_ptr + row * CAP, STAGE == 2, BLOCK_V, CAP, P_ROW,
+                                                   P_CAND)
+                    _end_search(x_row, row, b, j, G, state, tau, n_kept, kept, m, zm, T, top_p, draft_tokens_ptr,
+                                draft_probs_ptr, uniforms_ptr, stats_ptr, argmax_ptr, flags_ptr, V, STAGE, TOP_P,
+                                STOCHASTIC)
+
+
+@triton.jit
+def _end_search(x_row, row, b, j, G, state, tau, n_kept, kept, m, zm, T, top_p, draft_tokens_ptr, draft_probs_ptr,
+                uniforms_ptr, stats_ptr, argmax_ptr, flags_ptr, V: tl.constexpr, STAGE: tl.constexpr,
+                TOP_P: tl.constexpr, STOCHASTIC: tl.constexpr):
+    """A row's threshold found (tau, with n_kept logits and mass kept at or above it): start the top-p stage
+    after top-k, or store the row's statistics and test its draft."""
+    if STAGE == 1 and TOP_P:
+        none = tl.zeros([], tl.float64)
+        _store_search(state, 2, tau, m, n_kept, kept, none, none, kept * top_p, m)
+    else:
+        _store_row_and_test(x_row, row, b, j, G, zm, (1.0 / kept).to(tl.float32), tau, 0, draft_tokens_ptr,
+                            draft_probs_ptr, uniforms_ptr, stats_ptr, argmax_ptr, flags_ptr, V, T, False, STOCHASTIC)
 
 
 @triton.jit
@@ -767,6 +818,49 @@ def no_capture(device: torch.device, name: str) -> None:
                          "and sampling before capturing (a warm-up run)")
 
 
+class Launcher:
+    """One kernel's launches for one plan, whose grid and compile-time constants are fixed. The first launch
+    goes through Triton's JIT (`kernel[grid](...)`), which binds and specialises every argument, builds a cache
+    key and compiles: most of a verifier call's host time when done on every call. Later launches call the
+    compiled kernel it returned (`CompiledKernel[grid]`, where the JIT's own launch ends), with every parameter
+    in signature order, constexprs included. That holds while the arguments specialise as at the first launch:
+    a plan fixes shapes, dtypes, integers and workspace, so only the inputs' 16-byte alignment can change, and a
+    call whose inputs are not all aligned takes the JIT path. The grid is padded to 3-D because the compiled
+    kernel's runner reads grid[2] where the JIT fills it in (Triton 3.6 and 3.9; a 2-D grid raised IndexError on
+    the H200). Should a direct launch still raise (nothing has launched then: the arguments are parsed first),
+    direct launches are switched off for the process with one warning, and the JIT path launches instead. The
+    interpreter returns no compiled kernel: always the JIT path there."""
+
+    enabled = True  # class-wide: cleared by the first direct launch that raises
+
+    def __init__(self, kernel: JITFunction, grid: tuple, constants: dict) -> None:
+        self.kernel, self.grid, self.constants = kernel, tuple(grid) + (1,) * (3 - len(grid)), constants
+        self.direct = None
+        self.tail: tuple = ()
+
+    def __call__(self, aligned: bool, *args) -> None:
+        if aligned and self.direct is not None and Launcher.enabled:
+            try:
+                self.direct(*args, *self.tail)
+                return
+            except Exception as err:  # noqa: BLE001 - any failure: fall back to the JIT, which launches the same
+                Launcher.enabled = False
+                warnings.warn(f"verify_triton: direct kernel launches failed ({err!r}); launching through Triton's "
+                              "JIT from now on (correct, with more host time per call)", RuntimeWarning, stacklevel=2)
+        compiled = self.kernel[self.grid](*args, **self.constants)
+        if aligned and isinstance(compiled, CompiledKernel):
+            self.tail = tuple(self.constants[name] for name in self.kernel.arg_names[len(args):])
+            self.direct = compiled[self.grid]
+
+
+def aligned(*tensors: Tensor) -> bool:
+    """Every tensor's data 16-byte aligned, as Triton specialises pointers."""
+    address = 0
+    for t in tensors:
+        address |= t.data_ptr()
+    return address % 16 == 0
+
+
 class _ChainPlan:
     """Everything verify_triton derives from the input shapes, the sampling and the tuning: checked, sized and
     allocated once (the workspace and the outputs too: its counters reset themselves), with its launches (each
@@ -786,12 +880,12 @@ class _ChainPlan:
         stages = [stage for stage, on in ((1, shape.top_k), (2, shape.top_p)) if on]
         passes = t.search_passes if stages else 0
         # Workspace: chunk partials (max, mass, min, largest logit left out), row stats, candidates, block sums,
-        # threshold searches and their per-chunk pivot statistics (float64: sums of probabilities accumulate in
-        # float64); counters start at 0 and reset themselves.
+        # threshold searches, their per-chunk pivot statistics and the logits their chunks gather (float64: sums of
+        # probabilities accumulate in float64); counters start at 0 and reset themselves.
         sizes = [rows * nsplit_p2 * 4, rows * 3, rows * cap, b * nblk_p2, rows * 9,
-                 rows * nsplit_p2 * 4 * t.pivots_search]
-        part, stats, cand, bsum, self.search, pivots = torch.zeros(sum(sizes), dtype=torch.float64,
-                                                                   device=dev).split(sizes)
+                 rows * nsplit_p2 * 4 * t.pivots_search, rows * nsplit_p2 * cap if passes else 1]
+        part, stats, cand, bsum, self.search, pivots, gather = torch.zeros(sum(sizes), dtype=torch.float64,
+                                                                           device=dev).split(sizes)
         sizes = [rows + 2 * b, rows * nsplit_p2, rows, rows]
         counters, part_arg, argmax, flags = torch.zeros(sum(sizes), dtype=torch.int32, device=dev).split(sizes)
         self.counters = counters
@@ -806,32 +900,33 @@ class _ChainPlan:
         common = dict(V=vocab, STOCHASTIC=stochastic, CHUNK=shape.chunk, BLOCK_V=shape.block_v, num_warps=t.num_warps)
         constants = {k: v for k, v in shape.constants(stochastic).items() if k != "NBLK_P2"} | dict(
             CAP=cap, G1_P2=g1_p2, M=cap // nsplit_p2, NBINS=t.bins, SORT=t.sort, SEARCH=passes > 0)
-        self.first = (partial(_verify_kernel[b, g1, shape.nsplit], **constants),
+        self.first = (Launcher(_verify_kernel, (b, g1, shape.nsplit), constants),
                       (part, part_arg, stats, argmax, flags, counters, cand, self.search),
                       (b, g1 - 1, temperature, top_k, top_p))
         # The threshold searches the first kernel leaves to several programs: `passes` bisection steps per stage.
         search = common | dict(TOP_P=shape.top_p, BLOCK_S=min(t.block_search, shape.block_v), CAP=cap,
                                P_ROW=t.pivots_row, P_CAND=t.pivots_cand, P_SEARCH=t.pivots_search, NSPLIT_P2=nsplit_p2)
-        self.searches = [(partial(_search_kernel[b, g1, shape.nsplit], **search, STAGE=stage),
-                          (stats, argmax, flags, counters, cand, self.search, pivots),
+        self.searches = [(Launcher(_search_kernel, (b, g1, shape.nsplit), search | dict(STAGE=stage)),
+                          (stats, argmax, flags, counters, cand, self.search, pivots, gather),
                           (g1 - 1, temperature, top_p, int(step == passes - 1)))
                          for stage in stages for step in range(passes)]
         self.residual = None
         if not shape.greedy:
-            self.residual = (partial(_residual_kernel[b, shape.nsplit], **common, NBLK_P2=nblk_p2, G1_P2=g1_p2),
+            self.residual = (Launcher(_residual_kernel, (b, shape.nsplit), common | dict(NBLK_P2=nblk_p2, G1_P2=g1_p2)),
                              (stats, flags, counters[rows + b:], bsum), (g1 - 1, temperature))
 
     def launch(self, logits: Tensor, draft_tokens: Tensor, draft_probs: Tensor | None,
                uniforms: Tensor) -> tuple[Tensor, Tensor]:
         n_accepted, tokens = self.outputs
         inputs = (logits, draft_tokens, logits if draft_probs is None else draft_probs, uniforms)
+        ok = aligned(*inputs)
         kernel, workspace, args = self.first
-        kernel(*inputs, n_accepted, tokens, *workspace, *args)
+        kernel(ok, *inputs, n_accepted, tokens, *workspace, *args)
         for kernel, workspace, args in self.searches:
-            kernel(*inputs, *workspace, *args)
+            kernel(ok, *inputs, *workspace, *args)
         if self.residual is not None:
             kernel, workspace, args = self.residual
-            kernel(*inputs, n_accepted, tokens, *workspace, *args)
+            kernel(ok, *inputs, n_accepted, tokens, *workspace, *args)
         return n_accepted, tokens
 
 
