@@ -7,9 +7,6 @@ opens the next verification block, so every step is exactly one target forward o
 
 from __future__ import annotations
 
-import json
-import logging
-import statistics
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -23,6 +20,7 @@ from transformers import PreTrainedModel
 from flashspec.arms import Arm, Draft, build_arm
 from flashspec.bandit import SELECTORS, make_selector
 from flashspec.bandit.cost import CostModel
+from flashspec.bandit.reward import begin_request, step_reward
 from flashspec.benchmark import BenchmarkResult, benchmark, memory_report
 from flashspec.config import FlashSpecConfig, SamplingConfig
 from flashspec.deploy import streaming_setup
@@ -42,9 +40,6 @@ from flashspec.verify import (
 AR_CHUNK = 32  # most steps without a draft decoded between two reads of their tokens
 NO_DRAFT = Draft(torch.empty(0, dtype=torch.long))
 PENDING_PARENT = torch.tensor([-1])  # a tree block's first node, the pending token, hangs off the cache
-log = logging.getLogger(__name__)
-# The cost model's calibration: a prompt of this many tokens, each timing the median of this many repeats.
-CALIBRATION_TOKENS, CALIBRATION_REPEATS = 64, 5
 
 
 class SpeculativeEngine:
@@ -87,7 +82,7 @@ class SpeculativeEngine:
             params = {"arm": cfg.bandit.arm} if cfg.bandit.policy == "fixed" else dict(cfg.bandit.params)
             self.selector = make_selector(cfg.bandit.policy, len(self.pairs), seed=cfg.sampling.seed, **params)
         # reward=cost_model: the table its rewards read: bandit.costs if that file exists, else measured at the
-        # first request (and written there, so the runs after it read the same table)
+        # first request (begin_request, which writes it there, so the runs after it read the same table)
         costs = Path(cfg.bandit.costs) if speculative and cfg.bandit.costs else None
         self.costs = CostModel.load(costs, self.arm_names) if costs and costs.is_file() else None
         self.verify = pick_verifier(cfg.verifier, self.device)
@@ -156,7 +151,7 @@ class SpeculativeEngine:
         if temperature is not None:
             sampling = replace(sampling, temperature=temperature)
         self.failed = set()
-        self._begin_request()
+        begin_request(self)
         result = self._generate(prompt, max_new_tokens, sampling, stop)
         if measure_speedup:
             baseline = self.autoregressive().generate(prompt, max_new_tokens, sampling, stop)
@@ -332,7 +327,7 @@ class SpeculativeEngine:
             rewards = self._would_be_rewards(k, context, kept, len(draft), seconds, sampling, generator)
             self.selector.update_all(rewards)
         else:
-            self.selector.update(k, 0.0 if k in self.failed else self._reward(k, n + 1, len(draft), seconds))
+            self.selector.update(k, 0.0 if k in self.failed else step_reward(self, k, n + 1, len(draft), seconds))
 
     def _would_be_rewards(
         self, k: int, context: Tensor, kept: list[int], drafted: int, seconds: float, sampling: SamplingConfig,
@@ -344,7 +339,7 @@ class SpeculativeEngine:
         rewards = []
         for j, (_, gamma) in enumerate(self.pairs):
             if j == k:
-                rewards.append(0.0 if k in self.failed else self._reward(k, len(kept), drafted, seconds))
+                rewards.append(0.0 if k in self.failed else step_reward(self, k, len(kept), drafted, seconds))
                 continue
             t0 = time.perf_counter()
             draft = self._propose(j, context, gamma, sampling, generator)
@@ -353,75 +348,8 @@ class SpeculativeEngine:
                 continue
             matched = matched_length(draft.tokens, draft.parents, kept)
             emitted = min(matched, len(kept) - 1) + 1
-            rewards.append(self._reward(j, emitted, len(draft), seconds + time.perf_counter() - t0))
+            rewards.append(step_reward(self, j, emitted, len(draft), seconds + time.perf_counter() - t0))
         return rewards
-
-    def _reward(self, k: int, emitted: int, drafted: int, seconds: float) -> float:
-        """The step's reward in [0, 1]: pair k emitted `emitted` tokens from a draft of `drafted`, in `seconds`."""
-        reward = self.config.bandit.reward
-        if reward == "accepted_tokens":
-            return emitted / (max(g for _, g in self.pairs) + 1)
-        if reward == "cost_model":  # the same tokens give the same reward, however busy the machine
-            return self.costs.reward(k, emitted, drafted, [g for _, g in self.pairs])
-        rate = emitted / max(seconds, 1e-9)
-        self.best_rate = max(self.best_rate, rate)
-        return rate / self.best_rate
-
-    def _begin_request(self) -> None:
-        """What the bandit keeps from earlier requests (bandit.scope), and the cost model its reward needs."""
-        if self.selector is None:
-            return
-        bandit = self.config.bandit
-        self.selector.begin_request(bandit.scope, bandit.decay)
-        if bandit.reward == "cost_model" and self.costs is None:
-            self.costs = self.calibrate_costs()
-            log.info("bandit cost model (seconds, measured on this machine): %s", json.dumps(asdict(self.costs)))
-            if bandit.costs:
-                self.costs.save(Path(bandit.costs))
-
-    def calibrate_costs(self, repeats: int = CALIBRATION_REPEATS) -> CostModel:
-        """Measure the cost model: the median seconds of each pair's draft, and of a target forward over every
-        block length a step can send, on one fixed prompt (its text repeats, so prompt lookup finds drafts).
-        Uses the target and arms as a request would, and leaves them reset."""
-        cfg = self.config
-        text = "def add(a, b):\n    return a + b\n\nThe answer is the sum of the two numbers. " * 16
-        context = torch.as_tensor(self.tokenizer(text)["input_ids"], dtype=torch.long).flatten()[:CALIBRATION_TOKENS]
-        generator = torch.Generator(self.device).manual_seed(cfg.sampling.seed)
-        prompt = context[:-1]  # as in a request: the cache holds all but the last (pending) token
-        self.target.reset()
-        for arm, _ in self.pairs:
-            arm.begin(prompt)
-        self._observe_target(0, self.target.forward(prompt.to(self.device)))
-        drafts, lengths = [], {1 + g for g in cfg.gammas} | {1}
-        for arm, gamma in self.pairs:
-            draft = arm.propose(context, gamma, cfg.sampling, generator)
-            lengths.add(1 + len(draft))
-            drafts.append(self._median_seconds(
-                lambda a=arm, g=gamma: a.propose(context, g, cfg.sampling, generator), repeats))
-        cached, verify = self.target.length, {}
-        for n in sorted(lengths):
-            block = context[-n:].to(self.device) if n <= len(context) else context[-1:].repeat(n).to(self.device)
-            verify[n] = self._median_seconds(lambda b=block: self._forward_and_crop(b, cached), repeats)
-        self.target.reset()
-        return CostModel(list(self.arm_names), drafts, verify)
-
-    def _forward_and_crop(self, block: Tensor, cached: int) -> None:
-        self.target.forward(block)
-        self.target.crop(cached)
-
-    def _median_seconds(self, work, repeats: int) -> float:
-        """Median wall time of `work` over `repeats` calls, after one untimed call (allocation, compilation)."""
-        work()
-        times = []
-        for _ in range(repeats):
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            t0 = time.perf_counter()
-            work()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
 
     # ---------------------------------------------------------------- input and output
     def _encode(self, prompt: str | Sequence[int] | Tensor, max_new_tokens: int) -> Tensor:

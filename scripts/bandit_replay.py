@@ -22,7 +22,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from flashspec.bandit.cost import CostModel
+from flashspec.bandit.cost import CostModel, calibrate_costs
 from flashspec.engine import SpeculativeEngine
 from flashspec.harness import replay, schema
 from flashspec.harness.data import PROJECT_ROOT, encode, load_prompts
@@ -72,7 +72,7 @@ def collect(out: Path, shard: str, overrides: list[str]) -> None:
     if costs_path.is_file():
         engine.costs = CostModel.load(costs_path, engine.arm_names)
     else:
-        engine.costs = engine.calibrate_costs()
+        engine.costs = calibrate_costs(engine)
         engine.costs.save(costs_path)
     prompts = load_prompts(cfg.dataset, cfg.data_dir)[index::count]
     outcomes = []

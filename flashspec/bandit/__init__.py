@@ -1,4 +1,5 @@
-"""Arm-selection policies, one per file, all behind the `Selector` contract (see base.py)."""
+"""Arm-selection policies, one per file, all behind the `Selector` contract (see base.py); the rewards the engine
+feeds them are reward.py's, the cost model they may read cost.py's."""
 
 from __future__ import annotations
 

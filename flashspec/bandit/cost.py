@@ -1,13 +1,27 @@
 """The cost model: measured seconds to draft with each (arm, gamma) pair and to verify a block of n tokens, so
 a step's reward is its expected tokens per second, emitted / (draft + verify), a function of what the step
 committed and not of the wall clock. Same prompt, same tokens, same rewards: the arm choices of a
-deterministic policy repeat run to run."""
+deterministic policy repeat run to run. `calibrate_costs` measures the table with an engine's target and arms."""
 
 from __future__ import annotations
 
 import json
+import statistics
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from flashspec.engine import SpeculativeEngine
+    from flashspec.models import CausalLM
+
+# The cost model's calibration: a prompt of this many tokens, each timing the median of this many repeats.
+CALIBRATION_TOKENS, CALIBRATION_REPEATS = 64, 5
 
 
 @dataclass
@@ -67,3 +81,50 @@ class CostModel:
             raise ValueError(f"bandit.costs={path}: its arms {model.arms} are not this engine's {arms}: "
                              "calibrate for these arms and gammas, or give bandit.costs=null")
         return model
+
+
+def calibrate_costs(engine: SpeculativeEngine, repeats: int = CALIBRATION_REPEATS) -> CostModel:
+    """Measure the cost model: the median seconds of each pair's draft, and of a target forward over every
+    block length a step can send, on one fixed prompt (its text repeats, so prompt lookup finds drafts).
+    Uses the engine's target and arms as a request would, and leaves them reset."""
+    cfg, target = engine.config, engine.target
+    text = "def add(a, b):\n    return a + b\n\nThe answer is the sum of the two numbers. " * 16
+    context = torch.as_tensor(engine.tokenizer(text)["input_ids"], dtype=torch.long).flatten()[:CALIBRATION_TOKENS]
+    generator = torch.Generator(engine.device).manual_seed(cfg.sampling.seed)
+    prompt = context[:-1]  # as in a request: the cache holds all but the last (pending) token
+    target.reset()
+    for arm, _ in engine.pairs:
+        arm.begin(prompt)
+    engine._observe_target(0, target.forward(prompt.to(engine.device)))
+    drafts, lengths = [], {1 + g for g in cfg.gammas} | {1}
+    for arm, gamma in engine.pairs:
+        draft = arm.propose(context, gamma, cfg.sampling, generator)
+        lengths.add(1 + len(draft))
+        drafts.append(median_seconds(
+            lambda a=arm, g=gamma: a.propose(context, g, cfg.sampling, generator), repeats, engine.device))
+    cached, verify = target.length, {}
+    for n in sorted(lengths):
+        block = context[-n:].to(engine.device) if n <= len(context) else context[-1:].repeat(n).to(engine.device)
+        verify[n] = median_seconds(lambda b=block: forward_and_crop(target, b, cached), repeats, engine.device)
+    target.reset()
+    return CostModel(list(engine.arm_names), drafts, verify)
+
+
+def forward_and_crop(target: CausalLM, block: Tensor, cached: int) -> None:
+    target.forward(block)
+    target.crop(cached)
+
+
+def median_seconds(work: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median wall time of `work` over `repeats` calls, after one untimed call (allocation, compilation)."""
+    work()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

@@ -120,7 +120,7 @@ def simulate(outcomes: list[Outcomes], costs: CostModel, gammas: list[int], poli
 
 
 def reward(kind: str, costs: CostModel, gammas: list[int], k: int, o: Outcomes, pos: int) -> float:
-    """The engine's reward for pair k at this position (SpeculativeEngine._reward); wall-clock rewards are
+    """The engine's reward for pair k at this position (flashspec.bandit.reward.step_reward); wall-clock rewards are
     not replayed."""
     emitted = min(o.matched[pos - 1][k] + 1, len(o.tokens) - pos)
     if kind == "cost_model":
