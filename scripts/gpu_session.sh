@@ -3,8 +3,8 @@
 # root on the GPU machine, `scripts/gpu_session.sh STAGE [STAGE ...]`; what must come back goes to $OUT.
 #
 #   part NN      append .gpu/parts/p.NN to /tmp/s.gguf (part 00 starts the file afresh)
-#   setup        install the carried wheels (.whl, .whl-eval) into /tmp/site; check the GGUF's sha256 and
-#                convert it into $FLASHSPEC_CACHE (/tmp/flashspec)
+#   wheels       install the carried wheels (.whl, and .whl-eval where carried) into /tmp/site
+#   model        check the GGUF's sha256 and convert it into $FLASHSPEC_CACHE (/tmp/flashspec)
 #   tests        `make test-gpu`, its log as $OUT/pytest.txt
 #   bench T      scripts/bench_gpu.py, every step ending within T seconds of this call's start; $OUT/gpu.tgz
 #   train S      the SmolLM2 drafters, S seconds of training each, into results/models/smollm2; their tau
@@ -42,12 +42,14 @@ while [ $# -gt 0 ]; do
       eval "cat .gpu/parts/p.$1 $op $GGUF"
       log "$GGUF: $(stat -c %s $GGUF) bytes"
       shift ;;
-    setup)
+    wheels)
       python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
         $(ls .whl-eval/*.whl 2>/dev/null) && export PYTHONPATH=/tmp/site
+      log "wheels installed" ;;
+    model)
       echo "$GGUF_SHA  $GGUF" | sha256sum -c
       python3 scripts/fetch_smollm2.py --gguf $GGUF
-      log "setup done" ;;
+      log "model converted" ;;
     tests)
       make test-gpu PYTHON="timeout -s INT 420 python3" COMMIT="${COMMIT:?}" GPU_LOG="$OUT/pytest.txt" \
         > "$OUT/make_test_gpu.txt" 2>&1 || log "make test-gpu exited $?"
@@ -78,7 +80,8 @@ while [ $# -gt 0 ]; do
       python3 scripts/bandit_report.py outputs/experiments/bandit_study_gpu || log "bandit report exited $?"
       pack bandit_study_gpu outputs/experiments/bandit_study_gpu
       break ;;
-    *) echo "gpu_session.sh: unknown stage '$stage' (part, setup, tests, bench, train, study, bandit)" >&2; exit 2 ;;
+    *) echo "gpu_session.sh: unknown stage '$stage' (part, wheels, model, tests, bench, train, study, bandit)" >&2
+       exit 2 ;;
   esac
 done
 log "done"
