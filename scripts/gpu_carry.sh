@@ -33,10 +33,11 @@ rm .gpu/parts/rest
 echo "# $((n + 1)) parts; tracked files $((tracked / 1000000)) MB, wheels $((wheels / 1000000)) MB, first part" \
   "$((first / 1000000)) MB, the others $(( (total - first) / n / 1000000 )) MB"
 echo "# Make the calls back to back (the machine forgets /tmp 30 s after a command ends); COMMIT=the commit tested."
-echo "run(carry=[\".whl\", \".whl-eval\", \".gpu/parts/p.00\"], command=\"COMMIT=\$C scripts/gpu_session.sh part 00 wheels tests\")"
+echo "run(carry=[\".whl\", \".whl-eval\", \".gpu/parts/p.00\"], command=\"COMMIT=\$C scripts/gpu_session.sh part 00 wheels tests bench 420 a,d\")"
 for i in $(seq -f %02g 1 $((n - 1))); do
   echo "run(carry=[\".gpu/parts/p.$i\"], command=\"scripts/gpu_session.sh part $i\")"
 done
-echo "run(carry=[\".gpu/parts/p.$(printf %02d "$n")\"], command=\"COMMIT=\$C scripts/gpu_session.sh part $(printf %02d "$n") model bench 570\")"
-echo "run(command=\"scripts/gpu_session.sh train 60 study <overrides>\")"
-echo "run(command=\"scripts/gpu_session.sh bandit <overrides>\")"
+last=$(printf %02d "$n")
+echo "run(carry=[\".gpu/parts/p.$last\"], command=\"scripts/gpu_session.sh part $last model smollm2 main weights\")"
+echo "run(command=\"scripts/gpu_session.sh smollm2 bandit\")"
+echo "run(command=\"scripts/gpu_session.sh smollm2 rest\")"

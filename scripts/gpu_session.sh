@@ -6,16 +6,13 @@
 #   wheels       install the carried wheels (.whl, and .whl-eval where carried) into /tmp/site
 #   model        check the GGUF's sha256 and convert it into $FLASHSPEC_CACHE (/tmp/flashspec)
 #   tests        `make test-gpu`, its log as $OUT/pytest.txt
-#   bench T      scripts/bench_gpu.py, every step ending within T seconds of this call's start; $OUT/gpu.tgz
-#   train S      the SmolLM2 drafters, S seconds of training each, into results/models/smollm2; their tau
-#                record, configs and log as $OUT/train.tgz, everything with the weights as $OUT/drafters.tgz.NN
-#                (15 MB pieces: at most 8 files of 16 MiB come back from a call)
-#   study ...    python run.py -m experiment=smollm2_main hardware=cuda ...; $OUT/smollm2_main.tgz
-#   bandit ...   python run.py -m experiment=bandit_study_gpu hardware=cuda ..., then its report;
-#                $OUT/bandit_study_gpu.tgz
+#   bench T S    scripts/bench_gpu.py --sections S (e.g. a,d), every step ending within T seconds of this
+#                call's start, with the real SmolLM2 once converted; $OUT/gpu.tgz
+#   smollm2 P    scripts/gpu_smollm2.sh P (main, bandit, rest: the SmolLM2 study in parts), its log in $OUT
+#   weights      the drafters gpu_smollm2.sh trained, as $OUT/drafters.tgz.NN (15 MB pieces: at most 8 files
+#                of 16 MiB come back from a call), to carry back in a later session
 #
-# COMMIT (the commit measured) must be set for tests and bench. Stages after `study` or `bandit` take the
-# rest of the command line as Hydra overrides, so put them last.
+# COMMIT (the commit measured) must be set for tests and bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?run this on the device machine, where OUT is set}
@@ -26,12 +23,6 @@ export FLASHSPEC_CACHE=/tmp/flashspec PYTHONUNBUFFERED=1
 MODEL=$FLASHSPEC_CACHE/smollm2-135m-instruct
 
 log() { echo "[gpu_session $(date -u +%H:%M:%S) +${SECONDS}s] $*"; }
-
-pack() {  # pack NAME DIR: DIR's files but model weights, as $OUT/NAME.tgz
-  tar czf "$OUT/$1.tgz" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' -C "$(dirname "$2")" \
-    "$(basename "$2")"
-  log "packed $2 as $OUT/$1.tgz ($(du -h "$OUT/$1.tgz" | cut -f1))"
-}
 
 while [ $# -gt 0 ]; do
   stage=$1
@@ -54,33 +45,19 @@ while [ $# -gt 0 ]; do
       make test-gpu PYTHON="timeout -s INT 420 python3" COMMIT="${COMMIT:?}" GPU_LOG="$OUT/pytest.txt" \
         > "$OUT/make_test_gpu.txt" 2>&1 || log "make test-gpu exited $?"
       tail -3 "$OUT/pytest.txt" || true ;;
-    bench)
-      python3 scripts/bench_gpu.py --out "$OUT/gpu" --commit "${COMMIT:?}" --smollm2 "$MODEL" \
+    bench)  # bench T SECTIONS
+      smollm2=(); [ -f "$MODEL/config.json" ] && smollm2=(--smollm2 "$MODEL")
+      python3 scripts/bench_gpu.py --out "$OUT/gpu" --commit "${COMMIT:?}" "${smollm2[@]}" --sections "$2" \
         --deadline-s $(($1 - SECONDS)) || log "bench exited $?"
       tar czf "$OUT/gpu.tgz" -C "$OUT" gpu && rm -r "$OUT/gpu"
+      shift 2 ;;
+    smollm2)
+      OUT=$OUT bash scripts/gpu_smollm2.sh "$1" 2>&1 | tee "$OUT/smollm2_$1_log.txt" | tail -25
       shift ;;
-    train)
-      python3 scripts/train_drafters.py --target "$MODEL" --drafters draft,medusa,eagle,streaming --preset h100 \
-        --time-budget-s "$1" --out results/models/smollm2 > /tmp/train_log.txt 2>&1 || log "training exited $?"
-      tail -15 /tmp/train_log.txt
-      cp /tmp/train_log.txt results/models/smollm2/
-      pack train results/models/smollm2  # tau.json, tau.md, the log, the drafters' configs
-      tar czf - -C results/models smollm2 | split -b 15000000 -d - "$OUT/drafters.tgz."  # weights too
-      shift ;;
-    study)
-      python3 run.py -m experiment=smollm2_main hardware=cuda progress=false "$@" > "$OUT/study_log.txt" 2>&1 \
-        || log "study exited $?"
-      tail -20 "$OUT/study_log.txt"
-      pack smollm2_main outputs/experiments/smollm2_main
-      break ;;
-    bandit)
-      python3 run.py -m experiment=bandit_study_gpu hardware=cuda progress=false "$@" > "$OUT/bandit_log.txt" 2>&1 \
-        || log "bandit exited $?"
-      tail -20 "$OUT/bandit_log.txt"
-      python3 scripts/bandit_report.py outputs/experiments/bandit_study_gpu || log "bandit report exited $?"
-      pack bandit_study_gpu outputs/experiments/bandit_study_gpu
-      break ;;
-    *) echo "gpu_session.sh: unknown stage '$stage' (part, wheels, model, tests, bench, train, study, bandit)" >&2
+    weights)  # the drafters gpu_smollm2.sh trained, for a later session to carry back (docs/gpu.md)
+      tar czf - -C outputs smollm2_models | split -b 15000000 -d - "$OUT/drafters.tgz."
+      log "weights: $(du -ch "$OUT"/drafters.tgz.* | tail -1 | cut -f1)" ;;
+    *) echo "gpu_session.sh: unknown stage '$stage' (part, wheels, model, tests, bench, smollm2, weights)" >&2
        exit 2 ;;
   esac
 done
