@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The SmolLM2-135M-Instruct GPU session (issues 12 and 16) at reduced size, in three calls of at most 9 minutes,
+# each packing what it measured into one tar under $OUT (scripts/pack_results.py; tables and figures are made
+# afterwards from the unpacked tars, off the GPU: docs in results/gpu/smollm2/README.md once committed):
+#   bash scripts/gpu_smollm2.sh main     # train the drafters (h100 preset, 20 s each), then smollm2_main's
+#                                        # engine runs: AR, each arm fixed at gamma 4, UCB1/Thompson/Hedge over
+#                                        # all arms at gamma [2,4,8]; 4 prompts (shuffled, seed 0) per dataset
+#   bash scripts/gpu_smollm2.sh bandit   # bandit_study_gpu: 4 policies x 2 scopes x seeds 0,1, then AR and
+#                                        # each arm fixed, on the first 32 prompts of the mix (16 tune, 16 held out)
+#   bash scripts/gpu_smollm2.sh hf       # smollm2_main's transformers baselines (static, assisted, prompt lookup)
+# Every stage runs under `timeout`: a slow one loses its last runs (complete runs are kept, and relaunching
+# resumes), never the call. Each sweep is one process per part, not experiment=smollm2_main's whole product:
+# Hydra composes every job of a product twice (about 0.5 s each on two CPU cores), and the full product has
+# 1920 jobs of which 152 measure something.
+# Sizes and time boxes come from the environment (defaults: the GPU session); a CPU dry run, e.g.:
+#   HARDWARE=cpu LIMIT=1 MIX_LIMIT=3 NEW=8 SCALE=10 TRAIN="--preset tiny --prompts chat --time-budget-s 3" \
+#       OUT=/tmp/out bash scripts/gpu_smollm2.sh main
+set -uo pipefail
+cd "$(dirname "$0")/.."
+STAGE=${1:-}
+HARDWARE=${HARDWARE:-cuda}
+LIMIT=${LIMIT:-4}            # prompts per smollm2_main dataset
+MIX_LIMIT=${MIX_LIMIT:-32}   # prompts of the bandit mix (a multiple of 16: as many tune as held-out)
+NEW=${NEW:-256}              # new tokens per answer
+SCALE=${SCALE:-1}            # multiplies every time box
+OUT=${OUT:?set OUT to the folder the tar goes to}
+MODELS=${MODELS:-outputs/smollm2_models}  # git-ignored: the device machine keeps it between calls
+TRAIN=${TRAIN:---preset h100 --time-budget-s 20 --tau-prompts 4}
+TARGET=${FLASHSPEC_CACHE:-$HOME/.cache/flashspec}/smollm2-135m-instruct
+MAIN=outputs/experiments/smollm2_main
+MIX=outputs/experiments/bandit_study_gpu
+DRAFTERS="draft_model=$MODELS/flashspec-draft medusa_model=$MODELS/flashspec-medusa \
+eagle_model=$MODELS/flashspec-eagle streaming_model=$MODELS/flashspec-streaming"
+COMMON="hardware=$HARDWARE max_new_tokens=$NEW progress=false target.model=$TARGET $DRAFTERS"
+SMOL="experiment=smollm2_main $COMMON dataset.limit=$LIMIT dataset.seed=0 hydra.sweep.dir=$MAIN"
+BANDIT="experiment=bandit_study_gpu $COMMON dataset.limit=$MIX_LIMIT hydra.sweep.dir=$MIX bandit.costs=$MIX/costs.json"
+
+box() {  # box SECONDS COMMAND...: interrupt (as Ctrl-C does) after SECONDS x SCALE, kill 30 s later
+  local seconds=$(($1 * SCALE))
+  shift
+  echo "== $(date +%T) up to ${seconds} s: $*"
+  timeout -s INT -k 30 "$seconds" "$@" || echo "== stage ended with status $? (124: its time box)"
+}
+
+pack() {  # pack NAME FOLDER...: the tar of what this call measured
+  python scripts/pack_results.py "$OUT/$1.tar.xz" "${@:2}"
+}
+
+case $STAGE in
+  main)
+    box 240 python scripts/train_drafters.py --target "$TARGET" --drafters draft,medusa,eagle,streaming $TRAIN \
+      --out "$MODELS"
+    box 170 python run.py -m $SMOL method=flashspec bandit=none,fixed gamma=4
+    box 100 python run.py -m $SMOL method=flashspec bandit=ucb1,thompson,hedge bandit.arm=0 'gamma=[2,4,8]'
+    pack smollm2_main "$MAIN" "$MODELS" ;;
+  bandit)
+    box 330 python run.py -m $BANDIT sampling.seed=0,1 bandit.arm=0
+    box 130 python run.py -m $BANDIT bandit=none,fixed sampling.seed=0 bandit.scope=request
+    pack bandit_study_gpu "$MIX" ;;
+  hf)
+    box 450 python run.py -m $SMOL method=hf_static,hf_assisted,hf_prompt_lookup bandit=none bandit.arm=0 gamma=4
+    pack smollm2_main_hf "$MAIN" ;;
+  *)
+    echo "usage: OUT=<folder> bash scripts/gpu_smollm2.sh main|bandit|hf" >&2
+    exit 2 ;;
+esac
