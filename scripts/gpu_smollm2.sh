@@ -51,7 +51,8 @@ case $STAGE in
     box 240 python scripts/train_drafters.py --target "$TARGET" --drafters draft,medusa,eagle,streaming $TRAIN \
       --out "$MODELS"
     box 170 python run.py -m $SMOL method=flashspec bandit=none,fixed gamma=4
-    box 100 python run.py -m $SMOL method=flashspec bandit=ucb1,thompson,hedge bandit.arm=0 'gamma=[2,4,8]'
+    box 100 python run.py -m $SMOL method=flashspec bandit=ucb1,thompson,hedge bandit.arm=0 'gamma=[2,4,8]' \
+      bandit.costs=$MAIN/costs.json  # UCB1's cost model: measured once, then read by every dataset's run
     pack smollm2_main "$MAIN" "$MODELS" ;;
   bandit)
     box 330 python run.py -m $BANDIT sampling.seed=0,1 bandit.arm=0

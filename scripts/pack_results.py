@@ -23,15 +23,17 @@ from flashspec.harness import store
 from flashspec.harness.runner import git_commit, versions
 
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+LIMIT_MB = 15  # the device machine returns files of at most 16 MiB
 
 
-def wanted(path: Path, folder: Path) -> bool:
-    """Everything but weights, and inside a sweep only complete runs' folders."""
+def wanted(path: Path, folder: Path, run_traces: bool = True) -> bool:
+    """Everything but weights, and inside a sweep only complete runs' folders (without their trace.csv unless
+    `run_traces`: the sweep's trace.csv holds the same rows)."""
     if path.suffix in WEIGHTS or path.name.endswith(".tmp") or path.name == ".sweep.lock":
         return False
     inner = path.relative_to(folder).parts
     if len(inner) > 1 and (folder / "multirun.yaml").is_file() and inner[0] != "report":
-        return (folder / inner[0] / store.DONE).is_file()
+        return (folder / inner[0] / store.DONE).is_file() and (run_traces or path.name != "trace.csv")
     return True
 
 
@@ -45,13 +47,13 @@ def environment() -> dict:
             "platform": platform.platform(), "nvidia_smi": gpu}
 
 
-def pack(out: Path, folders: list[Path]) -> list[str]:
+def pack(out: Path, folders: list[Path], run_traces: bool = True) -> list[str]:
     """Write the tar; returns the names packed."""
     names = []
     out.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out, "w:xz") as tar:
         for folder in folders:
-            for path in sorted(p for p in folder.rglob("*") if p.is_file() and wanted(p, folder)):
+            for path in sorted(p for p in folder.rglob("*") if p.is_file() and wanted(p, folder, run_traces)):
                 name = f"{folder.name}/{path.relative_to(folder)}"
                 tar.add(path, arcname=name)
                 names.append(name)
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     for missing in sorted(set(args.folders) - set(folders)):  # a sweep that wrote nothing: pack the others
         print(f"warning: {missing} is not a folder; packing the others")
     names = pack(args.out, folders)
+    if args.out.stat().st_size > LIMIT_MB * 2**20:
+        print(f"{args.out} is over {LIMIT_MB} MiB: packing again without the runs' own trace.csv")
+        names = pack(args.out, folders, run_traces=False)
     runs = sum(n.endswith(f"/{store.DONE}") for n in names)
     print(f"{args.out}: {len(names)} files, {runs} complete runs, {args.out.stat().st_size / 2**20:.2f} MiB")
 
