@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The SmolLM2-135M-Instruct GPU session (issues 12 and 16) at reduced size, in three calls of at most 9 minutes,
-# each packing what it measured into one tar under $OUT (scripts/pack_results.py; tables and figures are made
-# afterwards from the unpacked tars, off the GPU: docs in results/gpu/smollm2/README.md once committed):
-#   bash scripts/gpu_smollm2.sh main     # train the drafters (h100 preset, 20 s each), then smollm2_main's
-#                                        # engine runs: AR, each arm fixed at gamma 4, UCB1/Thompson/Hedge over
-#                                        # all arms at gamma [2,4,8]; 4 prompts (shuffled, seed 0) per dataset
+# The SmolLM2-135M-Instruct GPU session (issues 12 and 16) at reduced size, in three calls of at most 8.5 minutes
+# (all three fit the session's 30 minutes with the machine's start), each packing what it measured into one tar
+# under $OUT (scripts/pack_results.py); tables and figures are made afterwards from the unpacked tars, off the GPU
+# (scripts/smollm2_report.py, scripts/bandit_report.py):
+#   bash scripts/gpu_smollm2.sh main     # train the drafters (h100 preset, 20 s each), then smollm2_main's AR
+#                                        # and each arm fixed at gamma 4; 4 prompts (shuffled, seed 0) per dataset
 #   bash scripts/gpu_smollm2.sh bandit   # bandit_study_gpu: 4 policies x 2 scopes x seeds 0,1, then AR and
 #                                        # each arm fixed, on the first 32 prompts of the mix (16 tune, 16 held out)
-#   bash scripts/gpu_smollm2.sh hf       # smollm2_main's transformers baselines (static, assisted, prompt lookup)
+#   bash scripts/gpu_smollm2.sh rest     # smollm2_main's UCB1, Thompson and Hedge over all arms at gamma [2,4,8],
+#                                        # and transformers' baselines (static cache, assisted, prompt lookup)
 # Every stage runs under `timeout`: a slow one loses its last runs (complete runs are kept, and relaunching
 # resumes), never the call. Each sweep is one process per part, not experiment=smollm2_main's whole product:
 # Hydra composes every job of a product twice (about 0.5 s each on two CPU cores), and the full product has
@@ -48,20 +49,20 @@ pack() {  # pack NAME FOLDER...: the tar of what this call measured
 
 case $STAGE in
   main)
-    box 240 python scripts/train_drafters.py --target "$TARGET" --drafters draft,medusa,eagle,streaming $TRAIN \
+    box 200 python scripts/train_drafters.py --target "$TARGET" --drafters draft,medusa,eagle,streaming $TRAIN \
       --out "$MODELS"
-    box 170 python run.py -m $SMOL method=flashspec bandit=none,fixed gamma=4
-    box 100 python run.py -m $SMOL method=flashspec bandit=ucb1,thompson,hedge bandit.arm=0 'gamma=[2,4,8]' \
-      bandit.costs=$MAIN/costs.json  # UCB1's cost model: measured once, then read by every dataset's run
+    box 300 python run.py -m $SMOL method=flashspec bandit=none,fixed gamma=4
     pack smollm2_main "$MAIN" "$MODELS" ;;
   bandit)
-    box 330 python run.py -m $BANDIT sampling.seed=0,1 bandit.arm=0
-    box 130 python run.py -m $BANDIT bandit=none,fixed sampling.seed=0 bandit.scope=request
+    box 300 python run.py -m $BANDIT sampling.seed=0,1 bandit.arm=0
+    box 150 python run.py -m $BANDIT bandit=none,fixed sampling.seed=0 bandit.scope=request
     pack bandit_study_gpu "$MIX" ;;
-  hf)
-    box 450 python run.py -m $SMOL method=hf_static,hf_assisted,hf_prompt_lookup bandit=none bandit.arm=0 gamma=4
-    pack smollm2_main_hf "$MAIN" ;;
+  rest)
+    box 130 python run.py -m $SMOL method=flashspec bandit=ucb1,thompson,hedge bandit.arm=0 'gamma=[2,4,8]' \
+      bandit.costs=$MAIN/costs.json  # UCB1's cost model: measured once, then read by every dataset's run
+    box 320 python run.py -m $SMOL method=hf_static,hf_assisted,hf_prompt_lookup bandit=none bandit.arm=0 gamma=4
+    pack smollm2_main_rest "$MAIN" ;;
   *)
-    echo "usage: OUT=<folder> bash scripts/gpu_smollm2.sh main|bandit|hf" >&2
+    echo "usage: OUT=<folder> bash scripts/gpu_smollm2.sh main|bandit|rest" >&2
     exit 2 ;;
 esac
