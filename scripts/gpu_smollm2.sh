@@ -13,6 +13,13 @@
 # resumes), never the call. Each sweep is one process per part, not experiment=smollm2_main's whole product:
 # Hydra composes every job of a product twice (about 0.5 s each on two CPU cores), and the full product has
 # 1920 jobs of which 152 measure something.
+# Budget (an estimate, not yet timed on the GPU): the engine decodes SmolLM2 at ~810 tok/s autoregressively on
+# the H200 (results/gpu/summary.md), so 256 tokens take ~0.3 s; a run adds ~3 s of start (model load, arms,
+# CUDA-graph capture: the compiled layer is reused by every later model of the same shape in the process,
+# checked on the CPU) and 3 warm-up prompts (~2 s); each process adds ~40 s (imports, first compile, the AR
+# baseline of each prompt, timed once per process). main: training <= 200 s, then 28 runs of ~6.5 s; bandit: 16 +
+# 7 runs of ~13 s (32 prompts each); rest: 12 runs of ~8 s, then transformers' 12 (eager generate at an assumed
+# ~100 tok/s: ~2.5 s per answer, 8 answers per run with the warm-up).
 # Sizes and time boxes come from the environment (defaults: the GPU session); a CPU dry run, e.g.:
 #   HARDWARE=cpu LIMIT=1 MIX_LIMIT=3 NEW=8 SCALE=10 TRAIN="--preset tiny --prompts chat --time-budget-s 3" \
 #       OUT=/tmp/out bash scripts/gpu_smollm2.sh main
@@ -26,13 +33,15 @@ NEW=${NEW:-256}              # new tokens per answer
 SCALE=${SCALE:-1}            # multiplies every time box
 OUT=${OUT:?set OUT to the folder the tar goes to}
 MODELS=${MODELS:-outputs/smollm2_models}  # git-ignored: the device machine keeps it between calls
+PYTHON=${PYTHON:-python3}    # the GPU image has python3
+EXTRA=${EXTRA:-}             # more overrides for every sweep (a dry run: dataset=alpaca)
 TRAIN=${TRAIN:---preset h100 --time-budget-s 20 --tau-prompts 4}
 TARGET=${FLASHSPEC_CACHE:-$HOME/.cache/flashspec}/smollm2-135m-instruct
 MAIN=outputs/experiments/smollm2_main
 MIX=outputs/experiments/bandit_study_gpu
 DRAFTERS="draft_model=$MODELS/flashspec-draft medusa_model=$MODELS/flashspec-medusa \
 eagle_model=$MODELS/flashspec-eagle streaming_model=$MODELS/flashspec-streaming"
-COMMON="hardware=$HARDWARE max_new_tokens=$NEW progress=false target.model=$TARGET $DRAFTERS"
+COMMON="hardware=$HARDWARE max_new_tokens=$NEW progress=false target.model=$TARGET $DRAFTERS $EXTRA"
 SMOL="experiment=smollm2_main $COMMON dataset.limit=$LIMIT dataset.seed=0 hydra.sweep.dir=$MAIN"
 BANDIT="experiment=bandit_study_gpu $COMMON dataset.limit=$MIX_LIMIT hydra.sweep.dir=$MIX bandit.costs=$MIX/costs.json"
 
@@ -44,23 +53,23 @@ box() {  # box SECONDS COMMAND...: interrupt (as Ctrl-C does) after SECONDS x SC
 }
 
 pack() {  # pack NAME FOLDER...: the tar of what this call measured
-  python scripts/pack_results.py "$OUT/$1.tar.xz" "${@:2}"
+  $PYTHON scripts/pack_results.py "$OUT/$1.tar.xz" "${@:2}"
 }
 
 case $STAGE in
   main)
-    box 200 python scripts/train_drafters.py --target "$TARGET" --drafters draft,medusa,eagle,streaming $TRAIN \
+    box 200 $PYTHON scripts/train_drafters.py --target "$TARGET" --drafters draft,medusa,eagle,streaming $TRAIN \
       --out "$MODELS"
-    box 300 python run.py -m $SMOL method=flashspec bandit=none,fixed gamma=4
+    box 300 $PYTHON run.py -m $SMOL method=flashspec bandit=none,fixed gamma=4
     pack smollm2_main "$MAIN" "$MODELS" ;;
   bandit)
-    box 300 python run.py -m $BANDIT sampling.seed=0,1 bandit.arm=0
-    box 150 python run.py -m $BANDIT bandit=none,fixed sampling.seed=0 bandit.scope=request
+    box 300 $PYTHON run.py -m $BANDIT sampling.seed=0,1 bandit.arm=0
+    box 150 $PYTHON run.py -m $BANDIT bandit=none,fixed sampling.seed=0 bandit.scope=request
     pack bandit_study_gpu "$MIX" ;;
   rest)
-    box 130 python run.py -m $SMOL method=flashspec bandit=ucb1,thompson,hedge bandit.arm=0 'gamma=[2,4,8]' \
+    box 130 $PYTHON run.py -m $SMOL method=flashspec bandit=ucb1,thompson,hedge bandit.arm=0 'gamma=[2,4,8]' \
       bandit.costs=$MAIN/costs.json  # UCB1's cost model: measured once, then read by every dataset's run
-    box 320 python run.py -m $SMOL method=hf_static,hf_assisted,hf_prompt_lookup bandit=none bandit.arm=0 gamma=4
+    box 320 $PYTHON run.py -m $SMOL method=hf_static,hf_assisted,hf_prompt_lookup bandit=none bandit.arm=0 gamma=4
     pack smollm2_main_rest "$MAIN" ;;
   *)
     echo "usage: OUT=<folder> bash scripts/gpu_smollm2.sh main|bandit|rest" >&2
