@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from flashspec.harness import runner, schema
 from flashspec.harness.runner import COLUMNS
@@ -118,3 +119,18 @@ def test_bad_data_fails_before_any_file_is_written(tmp_path, data_dir):
     with pytest.raises(ValueError, match="nope.jsonl not found: set data_dir"):
         runner.main(compose(data_dir, "dataset.file=nope.jsonl"), tmp_path / "run", tmp_path)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides", [("method=hf_assisted", "gamma=[2,4]"),
+                                       ("method=hf_prompt_lookup", "gamma=[2,4]"),
+                                       ("bandit=fixed", "bandit.arm=1", "gamma=[2,4]")])
+def test_a_sweep_skips_a_gamma_list_where_one_length_is_drafted(tmp_path, data_dir, caplog, overrides):
+    caplog.set_level(logging.INFO, logger="flashspec")
+    runner.main(compose(data_dir, *overrides), tmp_path / "job", tmp_path)  # a sweep's job: its own folder
+    assert "skipping: " in caplog.text and "drafts one length" in caplog.text and not (tmp_path / "job").exists()
+
+
+def test_a_sweep_runs_a_gamma_list_a_policy_chooses_from(tmp_path, data_dir):
+    cfg = OmegaConf.to_object(compose(data_dir, "bandit=ucb1", "gamma=[2,4]"))
+    assert schema.not_in_sweep(cfg) is None
+    assert schema.not_in_sweep(OmegaConf.to_object(compose(data_dir, "method=hf_assisted", "gamma=2"))) is None

@@ -59,3 +59,16 @@ def test_sweep_tables_keep_each_value_as_written(tmp_path):
         store.save_run(tmp_path / run, f"hash-{run}", tables)
     store.rebuild_sweep(tmp_path)
     assert (tmp_path / "results.csv").read_text().splitlines()[1:] == ["a,p0,1,4", "b,p0,1,"]
+
+
+def test_the_sweep_tables_are_current_until_a_run_finishes_after_them(tmp_path):
+    os.mkdir(tmp_path / "a")
+    store.save_run(tmp_path / "a", "hash-a", frames("a", 1))
+    assert not store.sweep_current(tmp_path)  # no sweep table yet
+    store.rebuild_sweep(tmp_path)
+    assert store.sweep_current(tmp_path)
+    os.mkdir(tmp_path / "b")
+    store.save_run(tmp_path / "b", "hash-b", frames("b", 1))
+    later = (tmp_path / "results.csv").stat().st_mtime_ns + 1  # coarse clocks: the marker strictly after
+    os.utime(tmp_path / "b" / store.DONE, ns=(later, later))
+    assert not store.sweep_current(tmp_path)

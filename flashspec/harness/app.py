@@ -29,6 +29,8 @@ def task(cfg: DictConfig) -> None:
     root = Path(hydra.sweep.dir) if hydra.mode == RunMode.MULTIRUN else run_dir
     try:
         runner.main(cfg, run_dir, root, dict(hydra.runtime.choices))
+        if root != run_dir:  # a skipped job leaves no folder (a sweep's product skips most of its jobs)
+            discard(run_dir, root)
     except BaseException as err:
         discard(run_dir, root)
         # A single run ends here, before Hydra adds its own line; a sweep's jobs report through the launcher.

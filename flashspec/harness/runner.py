@@ -29,6 +29,7 @@ from flashspec.harness.schema import (
     check_machine,
     config_hash,
     gammas,
+    not_in_sweep,
     uses_gamma,
 )
 from flashspec.metrics import GenerationResult
@@ -189,14 +190,19 @@ def decode_all(cfg: RunConfig, prompts: list[Prompt], run_id: str) -> dict[str, 
 
 
 def run(cfg: RunConfig, info: dict, run_dir: Path, root: Path) -> pd.DataFrame | None:
-    """Run `cfg` into `run_dir` unless a complete run with its hash is already under `root`."""
+    """Run `cfg` into `run_dir` unless a complete run with its hash is already under `root`, or it is a sweep's
+    job that measures nothing of its own."""
+    if root != run_dir and (reason := not_in_sweep(cfg)):
+        log.info(f"skipping: {reason}")
+        return None
     check(cfg)
     check_machine(cfg)
     digest = config_hash(cfg)
     finished = store.completed_runs(root)
     if digest in finished:
         log.info(f"skipping: the same settings ({digest}) already completed in {finished[digest]}")
-        store.rebuild_sweep(root)  # in case the previous launch died between a run's end and the rebuild
+        if not store.sweep_current(root):  # the previous launch died between a run's end and the rebuild
+            store.rebuild_sweep(root)
         return None
     prompts = load_prompts(cfg.dataset, cfg.data_dir)  # bad data fails here, before any file is written
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -220,6 +220,19 @@ def check_model_path(setting: str, name: str) -> None:
                          f"directory or {PROJECT_ROOT}): give an existing model directory, a hub id or 'tiny'")
 
 
+def not_in_sweep(cfg: RunConfig) -> str | None:
+    """Why a sweep's product job measures nothing of its own (None: it does): a gamma list where one length is
+    drafted (transformers' drafters, a fixed arm: its runs at each single gamma measure it). A single run with
+    such settings is still run (hf_generate's is refused by `check`; a fixed pair of a gamma list is allowed)."""
+    if len(gammas(cfg)) == 1 or not uses_gamma(cfg):
+        return None
+    if cfg.method.backend == "hf_generate":
+        return f"method={cfg.method.name} drafts one length, not gamma={cfg.gamma}"
+    if cfg.bandit.policy == "fixed":
+        return f"bandit=fixed drafts one length; its runs at each gamma of {cfg.gamma} measure it"
+    return None
+
+
 def uses_gamma(cfg: RunConfig) -> bool:
     if cfg.method.backend == "official":  # their trees are their own
         return False

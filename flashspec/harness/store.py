@@ -62,6 +62,14 @@ def save_run(run_dir: Path, config_hash: str, tables: dict[str, pd.DataFrame]) -
     mark_done(run_dir, config_hash)
 
 
+def sweep_current(root: Path) -> bool:
+    """Whether root/results.csv was rebuilt after every run's marker: a sweep's skipped jobs (over a thousand in
+    experiment=smollm2_main's product) then need not re-read every run's tables."""
+    table = root / "results.csv"
+    markers = [m.stat().st_mtime_ns for m in root.glob(f"*/{DONE}")]
+    return table.is_file() and all(t <= table.stat().st_mtime_ns for t in markers)
+
+
 def rebuild_sweep(root: Path) -> None:
     """Concatenate the complete runs under `root` into root/{results,arms,trace}.csv."""
     runs = sorted(p for p in completed_runs(root).values() if p != root)
