@@ -19,7 +19,7 @@ OUT=${OUT:?run this on the device machine, where OUT is set}
 GGUF=/tmp/s.gguf
 GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 export FLASHSPEC_CACHE=/tmp/flashspec PYTHONUNBUFFERED=1
-[ -d /tmp/site ] && export PYTHONPATH=/tmp/site
+export PYTHONPATH=/tmp/site:$PWD  # the wheels (stage wheels), and flashspec for the scripts
 MODEL=$FLASHSPEC_CACHE/smollm2-135m-instruct
 
 log() { echo "[gpu_session $(date -u +%H:%M:%S) +${SECONDS}s] $*"; }
@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
       shift ;;
     wheels)
       python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-        $(ls .whl-eval/*.whl 2>/dev/null) && export PYTHONPATH=/tmp/site
+        $(ls .whl-eval/*.whl 2>/dev/null)
       log "wheels installed" ;;
     model)
       echo "$GGUF_SHA  $GGUF" | sha256sum -c

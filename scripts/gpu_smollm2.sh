@@ -35,7 +35,9 @@ OUT=${OUT:?set OUT to the folder the tar goes to}
 MODELS=${MODELS:-outputs/smollm2_models}  # git-ignored: the device machine keeps it between calls
 PYTHON=${PYTHON:-python3}    # the GPU image has python3
 EXTRA=${EXTRA:-}             # more overrides for every sweep (a dry run: dataset=alpaca)
-TRAIN=${TRAIN:---preset h100 --time-budget-s 20 --tau-prompts 4}
+TRAIN_S=${TRAIN_S:-20}       # training seconds per drafter (distillation data and evaluation take ~120 s more)
+TRAIN=${TRAIN:---preset h100 --time-budget-s $TRAIN_S --tau-prompts 4}
+MAIN_BOX=${MAIN_BOX:-300}    # seconds for smollm2_main's AR and fixed-arm runs
 TARGET=${FLASHSPEC_CACHE:-$HOME/.cache/flashspec}/smollm2-135m-instruct
 MAIN=outputs/experiments/smollm2_main
 MIX=outputs/experiments/bandit_study_gpu
@@ -58,9 +60,9 @@ pack() {  # pack NAME FOLDER...: the tar of what this call measured
 
 case $STAGE in
   main)
-    box 200 $PYTHON scripts/train_drafters.py --target "$TARGET" --drafters draft,medusa,eagle,streaming $TRAIN \
-      --out "$MODELS"
-    box 300 $PYTHON run.py -m $SMOL method=flashspec bandit=none,fixed gamma=4
+    box $((4 * TRAIN_S + 120)) $PYTHON scripts/train_drafters.py --target "$TARGET" \
+      --drafters draft,medusa,eagle,streaming $TRAIN --out "$MODELS"
+    box "$MAIN_BOX" $PYTHON run.py -m $SMOL method=flashspec bandit=none,fixed gamma=4
     pack smollm2_main "$MAIN" "$MODELS" ;;
   bandit)
     box 300 $PYTHON run.py -m $BANDIT sampling.seed=0,1 bandit.arm=0
