@@ -9,6 +9,8 @@
 #   bench T S    scripts/bench_gpu.py --sections S (e.g. a,d), every step ending within T seconds of this
 #                call's start, with the real SmolLM2 once converted; $OUT/gpu.tgz
 #   smollm2 P    scripts/gpu_smollm2.sh P (main, bandit, rest: the SmolLM2 study in parts), its log in $OUT
+#   drafters NN [last]  append the carried piece .gpu/drafters/drafters.tgz.NN (what `weights` sent back);
+#                after the last, unpack them where gpu_smollm2.sh's stages read them (outputs/smollm2_models)
 #   weights      the drafters gpu_smollm2.sh trained, as $OUT/drafters.tgz.NN (15 MB pieces: at most 8 files
 #                of 16 MiB come back from a call), to carry back in a later session
 #
@@ -54,10 +56,18 @@ while [ $# -gt 0 ]; do
     smollm2)
       OUT=$OUT bash scripts/gpu_smollm2.sh "$1" 2>&1 | tee "$OUT/smollm2_$1_log.txt" | tail -25
       shift ;;
+    drafters)  # drafters NN [last]: append .gpu/drafters/drafters.tgz.NN; with `last`, unpack them into outputs/
+      op=">>"; [ "$1" = 00 ] && op=">"
+      eval "cat .gpu/drafters/drafters.tgz.$1 $op /tmp/drafters.tgz"
+      shift
+      if [ "${1:-}" = last ]; then
+        mkdir -p outputs && tar xzf /tmp/drafters.tgz -C outputs && log "drafters: $(ls outputs/smollm2_models)"
+        shift
+      fi ;;
     weights)  # the drafters gpu_smollm2.sh trained, for a later session to carry back (docs/gpu.md)
       tar czf - -C outputs smollm2_models | split -b 15000000 -d - "$OUT/drafters.tgz."
       log "weights: $(du -ch "$OUT"/drafters.tgz.* | tail -1 | cut -f1)" ;;
-    *) echo "gpu_session.sh: unknown stage '$stage' (part, wheels, model, tests, bench, smollm2, weights)" >&2
+    *) echo "gpu_session.sh: unknown stage '$stage' (part, wheels, model, tests, bench, smollm2, drafters, weights)" >&2
        exit 2 ;;
   esac
 done
