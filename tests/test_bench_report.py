@@ -39,6 +39,7 @@ def fake_run(out, efficiency_of_worst: float) -> None:
     ver = [dict(mode=m, gamma=8, impl=i, us_per_call=us, us_kernel_in_graph=9.0 if i == "triton" else None)
            for m, i, us in (("greedy", "triton", 15.0), ("sampled", "triton", 850.0),
                             ("greedy", "reference", 790.0), ("sampled", "reference", 2100.0))]
+    ver.append(dict(mode="sampled", gamma=8, impl="triton[cap=4096]", us_per_call=60.0, us_kernel_in_graph=55.0))
     pd.DataFrame(ver).to_csv(out / "verifier.csv", index=False)
     pd.DataFrame([dict(decode_tok_s=900.0, tok_s=500.0, ttft_ms=28.0)]).to_csv(out / "harness.csv", index=False)
     (out / "env.json").write_text(json.dumps({"device": "GPU-X", "commit": "abc"}))
@@ -68,6 +69,8 @@ def test_summary_marks_each_target_met_or_missed_with_its_numbers(tmp_path):
         in text.split(f"AR {DRAFT} >= 70%")[1].split("- **")[0]
     assert "us to find" not in text.split(f"AR {TARGET} >= 85%")[1].split("- **")[0]
     assert "sampled: 850.0 us per call = the kernel alone in a graph 9.0 us" in text
+    # Tuned launch shapes are reported beside the target, not judged as it.
+    assert "sampled under other launch shapes (kernel alone in a graph): cap=4096 55.0 us" in text
     assert "alpha 0.8, gamma 2: 0.640; one-off costs inside its timing: triton_compiles 1" in text
     assert (tmp_path / "ar.png").is_file() and "## speculative cells against a cost-aware ideal" in text
     # The profile's table keeps each step's totals and its five slowest kernels, with the shape they belong to.

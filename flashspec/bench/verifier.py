@@ -3,6 +3,8 @@ kernel, the PyTorch reference and torch.compile of the reference."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 import flashspec as fs
@@ -10,7 +12,7 @@ from flashspec.bench.context import Bench, log
 from flashspec.bench.measure import DEVICE, graph_us, kernel_times, wall_us
 from flashspec.bench.shapes import LLAMA3_IDS
 from flashspec.verify import verify_reference, verify_triton
-from flashspec.verify.triton_kernel import Launcher
+from flashspec.verify.triton_kernel import GPU, Launcher
 
 VOCAB = LLAMA3_IDS["vocab_size"]
 
@@ -38,6 +40,35 @@ def verifier(bench: Bench) -> list[dict]:
                 except Exception as err:
                     row["error"] = repr(err)[:200]
                 rows.append(row)
+    return rows + tunings(bench)
+
+
+# Launch shapes to try on the sampled call at gamma 8 (flat logits: the threshold lies beyond 1024 candidates):
+# more candidates (found by one sort, no search), and the search's pass in other shapes. Any tuning gives the
+# same tokens; `agrees_with_reference` checks it.
+TUNINGS = {"cap=2048": dict(cap=2048), "cap=4096": dict(cap=4096), "block_search=128": dict(block_search=128),
+           "block_search=256": dict(block_search=256), "pivots_search=16": dict(pivots_search=16),
+           "num_warps=4": dict(num_warps=4)}
+
+
+def tunings(bench: Bench) -> list[dict]:
+    """The sampled call at gamma 8 under each of TUNINGS (impl `triton[name]`): where its time can go next."""
+    sampling, rows = fs.SamplingConfig(0.8, top_p=0.9), []
+    args = verifier_inputs(8, sampling)
+    n_ref, tok_ref = verify_reference(*args)
+    for name, change in TUNINGS.items():
+        if bench.quick or not bench.enough(10, f"verifier tuning {name}"):
+            continue
+        tuned = (*args, replace(GPU, **change))
+        row = dict(mode="sampled", gamma=8, impl=f"triton[{name}]")
+        try:
+            n, tokens = verify_triton(*tuned)
+            row["agrees_with_reference"] = int(n) == int(n_ref) and torch.equal(
+                tok_ref[0, : int(n_ref) + 1], tokens[0, : int(n_ref) + 1])
+            row |= time_verifier(verify_triton, tuned, kernel_alone=True)
+        except Exception as err:
+            row["error"] = repr(err)[:200]
+        rows.append(row)
     return rows
 
 
