@@ -22,6 +22,7 @@ GGUF=/tmp/s.gguf
 GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 export FLASHSPEC_CACHE=/tmp/flashspec PYTHONUNBUFFERED=1
 export PYTHONPATH=/tmp/site:$PWD  # the wheels (stage wheels), and flashspec for the scripts
+export FLASHSPEC_COMMIT=${COMMIT:-}  # run.json's git_commit: this copy's .git may be stale
 MODEL=$FLASHSPEC_CACHE/smollm2-135m-instruct
 
 log() { echo "[gpu_session $(date -u +%H:%M:%S) +${SECONDS}s] $*"; }

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from flashspec.harness import runner, schema
+from flashspec.harness import decoders, runner, schema
 from flashspec.harness.runner import COLUMNS
 from flashspec.harness.schema import RunConfig
 
@@ -43,6 +43,30 @@ def test_transformers_generate_baselines(tmp_path, data_dir, method):
     assert np.allclose(rows["speedup"], ratio) and (rows["tokens_per_s"] > 0).all()
     assert rows["matches_baseline"].all()  # greedy: transformers reproduces the engine's AR tokens
     assert rows["gamma"].notna().all() == (method in ("hf_assisted", "hf_prompt_lookup"))
+
+
+def test_output_hash_names_the_tokens_and_matches_across_runs(tmp_path, data_dir):
+    assert runner.output_hash([1, 23]) != runner.output_hash([12, 3]) != runner.output_hash([])
+    assert runner.output_hash([5, 6]) == runner.output_hash([5, 6]) and len(runner.output_hash([5])) == 16
+    ar = run(tmp_path / "ar", data_dir, "bandit=none")
+    hf = run(tmp_path / "hf", data_dir, "method=hf_static")  # float32: transformers' greedy is the engine's
+    assert ar["output_hash"].tolist() == hf["output_hash"].tolist() and hf["matches_baseline"].all()
+
+
+def test_the_static_cache_is_sized_once_for_the_run(data_dir):
+    """A cache sized per call grows on a longer prompt, and transformers' compiled decoding step recompiles
+    inside the timed call: it is sized as the engine's context instead."""
+    cfg = OmegaConf.to_object(compose(data_dir, "method=hf_static"))
+    dec = decoders.HFDecoder(cfg)
+    assert dec.kwargs["max_cache_len"] == cfg.target.max_context and dec.kwargs["cache_implementation"] == "static"
+    assert "max_cache_len" not in decoders.HFDecoder(OmegaConf.to_object(compose(data_dir, "method=hf_eager"))).kwargs
+
+
+def test_the_recorded_commit_comes_from_flashspec_commit_when_set(monkeypatch):
+    monkeypatch.setenv(runner.COMMIT_ENV, "64cd3eb")
+    assert runner.git_commit() == "64cd3eb"
+    monkeypatch.setenv(runner.COMMIT_ENV, "")
+    assert runner.git_commit() != "64cd3eb"  # git's own answer (or None outside a checkout)
 
 
 def test_flashspec_run_writes_arms_trace_and_run_json(tmp_path, data_dir):

@@ -88,7 +88,11 @@ def hf_kwargs(cfg: RunConfig, tokenizer, model) -> dict:
     if not s.greedy:
         kwargs |= {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p}
     if cfg.method.cache_implementation:
-        kwargs["cache_implementation"] = cfg.method.cache_implementation
+        # One static cache for the whole run, sized as the engine's context: transformers otherwise sizes it to
+        # each call's prompt + max_new_tokens and, when a later prompt needs more (an MT-Bench second turn),
+        # allocates a larger one, on which the auto-compiled decoding step (torch.compile, CUDA graphs)
+        # recompiles inside the timed call: 42.7 s for one 541-token prompt on the H200 (results/gpu/smollm2).
+        kwargs |= {"cache_implementation": cfg.method.cache_implementation, "max_cache_len": cfg.target.max_context}
     if cfg.method.assistant:
         # A shared-head draft (flashspec/drafters/shared_head.py) becomes a whole model on the target's tensors.
         if is_shared_head(cfg.draft_model):

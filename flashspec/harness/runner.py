@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -40,7 +41,14 @@ log = logging.getLogger(__name__)
 PACKAGES = ("flashspec", "torch", "transformers", "triton", "hydra-core", "omegaconf", "pandas")
 
 
+COMMIT_ENV = "FLASHSPEC_COMMIT"
+
+
 def git_commit() -> str | None:
+    """The commit measured: $FLASHSPEC_COMMIT when set (a copy of the repository whose .git is stale or absent,
+    as on a lent GPU machine: scripts/gpu_session.sh exports it), else git's HEAD, "-dirty" with local changes."""
+    if commit := os.environ.get(COMMIT_ENV, "").strip():
+        return commit
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                              timeout=10)
@@ -117,7 +125,14 @@ def result_row(cfg: RunConfig, out: GenerationResult, base: GenerationResult | N
         "baseline_tokens_per_s": base_rate, "speedup": out.tokens_per_s / base_rate,
         # Under greedy decoding a lossless method reproduces the baseline's tokens exactly.
         "matches_baseline": out.token_ids == base.token_ids if base else None,
+        "output_hash": output_hash(out.token_ids),
     }
+
+
+def output_hash(ids: list[int]) -> str:
+    """A short digest of the new tokens: rows of different runs on the same prompt compare by it (a baseline
+    other than the engine's, e.g. transformers' greedy for its speculative modes, lives in another run)."""
+    return hashlib.sha1(",".join(map(str, ids)).encode()).hexdigest()[:16]
 
 
 def passed(prompt: Prompt, messages: list[dict], out: GenerationResult) -> bool | None:
@@ -143,7 +158,7 @@ COLUMNS = {
         "temperature", "top_k", "top_p", "seed", "max_new_tokens", "dataset", "category", "prompt_id", "turn",
         "fixed_arm", "prompt_tokens", "new_tokens", "steps", "tau", "alpha", "wall_time_s", "ttft_s", "tokens_per_s",
         "baseline_new_tokens", "baseline_wall_time_s", "baseline_tokens_per_s", "speedup", "matches_baseline",
-        "passed",
+        "output_hash", "passed",
     ],
     "arms": ["run_id", "prompt_id", "turn", "arm", "pulls", "drafted", "accepted"],
     "trace": ["run_id", "prompt_id", "turn", "step", "arm", "emitted"],
