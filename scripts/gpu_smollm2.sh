@@ -75,7 +75,7 @@ case $STAGE in
   rest)
     box 130 $PYTHON run.py -m $SMOL method=flashspec bandit=ucb1,thompson,hedge bandit.arm=0 'gamma=[2,4,8]' \
       bandit.costs=$MAIN/costs.json  # UCB1's cost model: measured once, then read by every dataset's run
-    box 320 $PYTHON run.py -m $SMOL method=hf_static,hf_assisted,hf_prompt_lookup bandit=none bandit.arm=0 gamma=4
+    box 320 $PYTHON run.py -m $SMOL method=hf_eager,hf_static,hf_assisted,hf_prompt_lookup bandit=none bandit.arm=0 gamma=4
     pack smollm2_main_rest "$MAIN" ;;
   *)
     echo "usage: OUT=<folder> bash scripts/gpu_smollm2.sh main|bandit|rest" >&2

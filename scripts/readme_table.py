@@ -4,6 +4,7 @@
     python scripts/readme_table.py --check        # exit 1 if README.md is not what the results give
 
 Sources, each used only when present (a missing one is said to be missing, never filled in):
+results/gpu/smollm2/tables/speedup.md (the real target, by scripts/smollm2_report.py),
 results/models/metrics.json (the trained family), results/gpu/ar.csv (autoregressive decoding against the
 memory roofline), results/gpu/family.csv (speculative decoding of the trained family per prompt set) and
 results/gpu/env.json (the GPU and commit they were measured on), and every CPU sweep's results.csv under
@@ -97,12 +98,26 @@ def cpu_sections(results: Path) -> list[str]:
         table = wide.reset_index().rename(columns={"label": "method"})
         readme = (path.parent.parent / "README.md").relative_to(results.parent)
         where = f"`{path.relative_to(results.parent)}`, CPU; the command is in `{readme}`"
-        out += [f"**Speculative decoding of the trained family** ({where}):", "", *markdown(table), ""]
+        out += [f"**Speculative decoding of the trained family, the embedded CPU demo** ({where}):", "",
+                *markdown(table), ""]
     return out
 
 
+def smollm2_section(results: Path) -> list[str]:
+    """The real target first: scripts/smollm2_report.py's speedup table, with where it stands."""
+    folder = results / "gpu" / "smollm2"
+    table = folder / "tables" / "speedup.md"
+    if not table.is_file():
+        return ["**SmolLM2-135M-Instruct (the real target)**: not measured yet (`results/gpu/smollm2/README.md`)."]
+    title = ("**SmolLM2-135M-Instruct, the real target: speedup over our autoregressive decoding, greedy, "
+             "gamma 4** (NVIDIA H200, a first measurement of 4 prompts per dataset; the tree arms' rows are not "
+             "lossless there and not results: `results/gpu/smollm2/README.md`):")
+    return [title, "", *table.read_text().strip().splitlines(), ""]
+
+
 def render(results: Path) -> str:
-    sections = [*family_section(results), "", *cpu_sections(results), *gpu_sections(results)]
+    sections = [*smollm2_section(results), *family_section(results), "", *cpu_sections(results),
+                *gpu_sections(results)]
     return "\n".join(sections).strip() + "\n"
 
 

@@ -47,9 +47,20 @@ def test_table_holds_the_measured_numbers_and_only_the_block_changes(tmp_path):
     assert readme.read_text() == text  # --check writes nothing
 
 
+def test_the_real_target_heads_the_table(tmp_path):
+    (tmp_path / "gpu" / "smollm2" / "tables").mkdir(parents=True)
+    (tmp_path / "gpu" / "smollm2" / "tables" / "speedup.md").write_text(
+        "| method | mt_bench |\n|---|---|\n| fixed prompt_lookup, γ=4 | 1.77 |\n")
+    metrics((tmp_path / "models").mkdir() or tmp_path / "models" / "metrics.json")
+    text = table.render(tmp_path)
+    assert text.startswith("**SmolLM2-135M-Instruct, the real target") and "| fixed prompt_lookup, γ=4 | 1.77 |" in text
+    assert text.index("SmolLM2-135M-Instruct") < text.index("Trained model family")
+
+
 def test_missing_results_are_said_to_be_missing(tmp_path):
     text = table.replace_block(README, table.render(tmp_path))
     assert "no `results/models/metrics.json` yet" in text and "GPU decoding speed**: not measured yet" in text
+    assert "SmolLM2-135M-Instruct (the real target)**: not measured yet" in text
     assert "|" not in text  # no table without numbers
 
 
