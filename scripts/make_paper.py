@@ -1,5 +1,5 @@
-"""The paper's figures and tables, from the committed studies only (results/cpu/): the one command that
-writes into paper/. scripts/plot.py and scripts/make_tables.py on any other sweep write into that sweep.
+"""The paper's figures and tables, from the committed studies only (results/cpu/, and the real target's
+results/gpu/smollm2/): the one command that writes into paper/. scripts/plot.py and scripts/make_tables.py on any other sweep write into that sweep.
 
     python scripts/make_paper.py            # or: make paper
 """
@@ -15,7 +15,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "paper"
 # study folder -> sub-folder of paper/figures and paper/tables ("": the folders themselves), as main.tex reads them
-STUDIES = {"results/cpu/mt_bench_sweep": "", "results/cpu/drafter_study": "drafter_study"}
+STUDIES = {"results/cpu/mt_bench_sweep": "", "results/cpu/drafter_study": "drafter_study",
+           "results/gpu/smollm2/smollm2_main": "smollm2"}
 # studies with their own report script (scripts/bandit_report.py): study folder -> sub-folder, as above
 BANDIT_STUDIES = {"results/cpu/bandit_study/replay": "bandit_study"}
 
