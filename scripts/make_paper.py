@@ -1,5 +1,6 @@
 """The paper's figures and tables, from the committed studies only (results/cpu/, and the real target's
-results/gpu/smollm2/): the one command that writes into paper/. scripts/plot.py and scripts/make_tables.py on any other sweep write into that sweep.
+results/gpu/smollm2/): the one command that writes into paper/. scripts/plot.py and scripts/make_tables.py on
+any other sweep write into that sweep.
 
     python scripts/make_paper.py            # or: make paper
 """
