@@ -38,6 +38,6 @@ for i in $(seq -f %02g 1 $((n - 1))); do
   echo "run(carry=[\".gpu/parts/p.$i\"], command=\"scripts/gpu_session.sh part $i\")"
 done
 last=$(printf %02d "$n")
-echo "run(carry=[\".gpu/parts/p.$last\"], command=\"scripts/gpu_session.sh part $last model smollm2 main weights\")"
-echo "run(command=\"scripts/gpu_session.sh smollm2 bandit\")"
-echo "run(command=\"scripts/gpu_session.sh smollm2 rest\")"
+echo "run(carry=[\".gpu/parts/p.$last\"], command=\"COMMIT=\$C scripts/gpu_session.sh part $last model smollm2 main weights\")"
+echo "run(command=\"COMMIT=\$C scripts/gpu_session.sh smollm2 bandit\")"
+echo "run(command=\"COMMIT=\$C scripts/gpu_session.sh smollm2 rest\")"

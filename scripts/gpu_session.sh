@@ -14,7 +14,7 @@
 #   weights      the drafters gpu_smollm2.sh trained, as $OUT/drafters.tgz.NN (15 MB pieces: at most 8 files
 #                of 16 MiB come back from a call), to carry back in a later session
 #
-# COMMIT (the commit measured) must be set for tests and bench.
+# COMMIT (the commit measured) must be set for tests and bench, and should be for smollm2 (run.json records it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?run this on the device machine, where OUT is set}
