@@ -37,6 +37,14 @@ echo "run(carry=[\".whl\", \".whl-eval\", \".gpu/parts/p.00\"], command=\"COMMIT
 for i in $(seq -f %02g 1 $((n - 1))); do
   echo "run(carry=[\".gpu/parts/p.$i\"], command=\"scripts/gpu_session.sh part $i\")"
 done
+pieces=(.gpu/drafters/drafters.tgz.*)  # drafters a session trained (gpu_session.sh weights): carried, not retrained
+if [ -e "${pieces[0]}" ]; then
+  for i in "${!pieces[@]}"; do
+    tail=""; [ "$i" -eq $((${#pieces[@]} - 1)) ] && tail=" last"
+    echo "run(carry=[\"${pieces[$i]}\"], command=\"scripts/gpu_session.sh drafters ${pieces[$i]##*.}$tail\")"
+  done
+  echo "# then TRAIN_S=0 on the main call below: the carried drafters are used"
+fi
 last=$(printf %02d "$n")
 echo "run(carry=[\".gpu/parts/p.$last\"], command=\"COMMIT=\$C scripts/gpu_session.sh part $last model smollm2 main weights\")"
 echo "run(command=\"COMMIT=\$C scripts/gpu_session.sh smollm2 bandit\")"
