@@ -27,13 +27,16 @@ MODEL=$FLASHSPEC_CACHE/smollm2-135m-instruct
 
 log() { echo "[gpu_session $(date -u +%H:%M:%S) +${SECONDS}s] $*"; }
 
+append() {  # append PIECE FILE NN: piece 00 starts FILE afresh, the others add to it
+  if [ "$3" = 00 ]; then cat "$1" > "$2"; else cat "$1" >> "$2"; fi
+}
+
 while [ $# -gt 0 ]; do
   stage=$1
   shift
   case $stage in
     part)
-      op=">>"; [ "$1" = 00 ] && op=">"
-      eval "cat .gpu/parts/p.$1 $op $GGUF"
+      append ".gpu/parts/p.$1" "$GGUF" "$1"
       log "$GGUF: $(stat -c %s $GGUF) bytes"
       shift ;;
     wheels)
@@ -58,8 +61,7 @@ while [ $# -gt 0 ]; do
       OUT=$OUT bash scripts/gpu_smollm2.sh "$1" 2>&1 | tee "$OUT/smollm2_$1_log.txt" | tail -25
       shift ;;
     drafters)  # drafters NN [last]: append .gpu/drafters/drafters.tgz.NN; with `last`, unpack them into outputs/
-      op=">>"; [ "$1" = 00 ] && op=">"
-      eval "cat .gpu/drafters/drafters.tgz.$1 $op /tmp/drafters.tgz"
+      append ".gpu/drafters/drafters.tgz.$1" /tmp/drafters.tgz "$1"
       shift
       if [ "${1:-}" = last ]; then
         mkdir -p outputs && tar xzf /tmp/drafters.tgz -C outputs && log "drafters: $(ls outputs/smollm2_models)"

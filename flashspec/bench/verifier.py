@@ -26,21 +26,26 @@ def verifier(bench: Bench) -> list[dict]:
     for mode, sampling in modes.items():
         for gamma in gammas:
             args = verifier_inputs(gamma, sampling)
-            n_ref, tok_ref = verify_reference(*args)
-            n_ref = int(n_ref)
+            reference = verify_reference(*args)
             for name, fn in impls.items():
                 if fn is None or not bench.enough(20, f"verifier {name} {mode} gamma={gamma}"):
                     continue
-                row = dict(mode=mode, gamma=gamma, impl=name)
-                try:  # one implementation failing on this device leaves the others' numbers
-                    n, tokens = fn(*args)
-                    row["agrees_with_reference"] = int(n) == n_ref and torch.equal(
-                        tok_ref[0, : n_ref + 1], tokens[0, : n_ref + 1])
-                    row |= time_verifier(fn, args, kernel_alone=name == "triton")
-                except Exception as err:
-                    row["error"] = repr(err)[:200]
-                rows.append(row)
+                rows.append(measured(dict(mode=mode, gamma=gamma, impl=name), fn, args, reference,
+                                     kernel_alone=name == "triton"))
     return rows + tunings(bench)
+
+
+def measured(row: dict, fn, args: tuple, reference: tuple, kernel_alone: bool) -> dict:
+    """`row` with fn's agreement with the reference's (n_accepted, tokens) and its timings, or its error: one
+    implementation failing on this device leaves the others' numbers."""
+    n_ref, tok_ref = int(reference[0]), reference[1]
+    try:
+        n, tokens = fn(*args)
+        row["agrees_with_reference"] = int(n) == n_ref and torch.equal(tok_ref[0, : n_ref + 1], tokens[0, : n_ref + 1])
+        row |= time_verifier(fn, args, kernel_alone)
+    except Exception as err:
+        row["error"] = repr(err)[:200]
+    return row
 
 
 # Launch shapes to try on the sampled call at gamma 8 (flat logits: the threshold lies beyond 1024 candidates):
@@ -55,20 +60,12 @@ def tunings(bench: Bench) -> list[dict]:
     """The sampled call at gamma 8 under each of TUNINGS (impl `triton[name]`): where its time can go next."""
     sampling, rows = fs.SamplingConfig(0.8, top_p=0.9), []
     args = verifier_inputs(8, sampling)
-    n_ref, tok_ref = verify_reference(*args)
+    reference = verify_reference(*args)
     for name, change in TUNINGS.items():
         if bench.quick or not bench.enough(10, f"verifier tuning {name}"):
             continue
-        tuned = (*args, replace(GPU, **change))
-        row = dict(mode="sampled", gamma=8, impl=f"triton[{name}]")
-        try:
-            n, tokens = verify_triton(*tuned)
-            row["agrees_with_reference"] = int(n) == int(n_ref) and torch.equal(
-                tok_ref[0, : int(n_ref) + 1], tokens[0, : int(n_ref) + 1])
-            row |= time_verifier(verify_triton, tuned, kernel_alone=True)
-        except Exception as err:
-            row["error"] = repr(err)[:200]
-        rows.append(row)
+        rows.append(measured(dict(mode="sampled", gamma=8, impl=f"triton[{name}]"), verify_triton,
+                             (*args, replace(GPU, **change)), reference, kernel_alone=True))
     return rows
 
 
