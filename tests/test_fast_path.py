@@ -72,6 +72,43 @@ def test_compiled_step_matches_eager_with_one_version_for_every_longer_block():
     assert counters["stats"]["unique_graphs"] - before <= 6  # embed, layer, head: n = 1 and n > 1 each
 
 
+TREE = torch.tensor([-1, -1, 0, 0, 1, 2, 5])  # two roots, a fork under the first, a chain under one branch
+
+
+@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("attention", ATTENTION)
+def test_tree_block_takes_the_static_step_and_matches_the_eager_tree_forward(attention, compile):
+    """A token tree goes through the static step (what CUDA captures): depth-rotated nodes in the slots after
+    the cache, behind the ancestor mask. Its scores match the eager tree forward, chains after it still match
+    (the tree's mask buffer is its own), and the kept path leaves the same cache."""
+    eager = NativeLlama(build("llama"), 96)
+    static = NativeLlama(build("llama"), 96, graphs=True, compile=compile, attention=attention)
+    prompt = torch.randint(0, 97, (30,), generator=torch.Generator().manual_seed(1))
+    nodes = torch.randint(0, 97, (len(TREE),), generator=torch.Generator().manual_seed(2))
+    for model in (eager, static):
+        model.forward(prompt)
+    a, b = eager.forward(nodes, TREE), static.forward(nodes, TREE)
+    assert -len(TREE) in static.steps  # the static step ran, not the eager forward
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+    for model in (eager, static):
+        model.keep_path(30, torch.tensor([0, 2, 5, 6]))
+    assert torch.allclose(eager.forward(nodes[:3], TREE[:3]).logits, static.forward(nodes[:3], TREE[:3]).logits,
+                          atol=1e-5)
+    block = torch.tensor([4, 5, 6])
+    assert torch.allclose(eager.forward(block).logits, static.forward(block).logits, atol=1e-5)
+
+
+def test_a_wrong_tree_mask_would_show():
+    """The tree test above can fail: attending to a sibling instead of the ancestors changes the scores."""
+    static = NativeLlama(build("llama"), 96, graphs=True)
+    static.forward(torch.arange(30))
+    nodes = torch.arange(40, 40 + len(TREE))
+    right = static.forward(nodes, TREE).logits
+    static.crop(30)
+    chain = static.forward(nodes).logits  # every node sees all earlier ones
+    assert not torch.allclose(right[2:], chain[2:], atol=1e-3)
+
+
 def test_static_step_fills_the_context_to_the_last_slot():
     eager, static = NativeLlama(build("llama"), 48), NativeLlama(build("llama"), 48, graphs=True)
     for model in (eager, static):

@@ -4,11 +4,14 @@ The cache is static (allocated once per engine, indexed by position, as in gpt-f
 just moving `length`, and a token tree is one forward with an ancestor mask. Norms, MLPs and the rotary
 embedding are the Hugging Face submodules themselves, so a new Llama-like family needs no fork of its code.
 
-With `graphs=True`, decoding steps (chains of up to GRAPH_TOKENS tokens) take a static-shape forward
-instead: every shape depends on the block length n alone, and the block's tokens and positions are written
+With `graphs=True`, decoding steps (chains and token trees of up to GRAPH_TOKENS tokens) take a static-shape
+forward instead: every shape depends on the block length n alone, and the block's tokens and positions are written
 into fixed device buffers, so nothing in the step reads a Python number off the device. Its attention
 (`attention.py`) takes the used length from the positions on the device: on CUDA a split-KV Triton kernel
 that reads only the filled part of the cache, on the CPU the reference (SDPA over the cache behind a mask).
+A tree's block writes its nodes to the slots after the cache, rotates them by depth, and attends behind an
+ancestor mask over the whole cache (a fixed [n, S] buffer, written on the device each step), so tree arms
+decode through the same captured, compiled layers as chains and autoregressive steps.
 On CUDA each n is captured once as a CUDA graph and replayed, the layer is compiled (one compiled layer
 serves all of them), and q/k/v and gate/up each run as one matmul; on the CPU the same static forward runs
 uncaptured, which is how tests check it against the eager path.
@@ -30,7 +33,7 @@ from flashspec.models.base import CausalLM, Scores, tree_depths, tree_mask
 from flashspec.models.fidelity import rope_limit
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
-GRAPH_TOKENS = 32  # chains up to this long are decoding steps (one graph per length); longer ones: prefill
+GRAPH_TOKENS = 32  # blocks up to this long are decoding steps (one graph per length and kind); longer: prefill
 LAYER_COMPILES = 64  # Dynamo's limit on compiled versions of the layer's code, shared by a process's models
 
 
@@ -43,7 +46,9 @@ class Step:
     """The fixed buffers of an n-token decoding step, and its CUDA graph once captured."""
 
     tokens: Tensor  # [n] int64, written before each call
-    positions: Tensor  # [n] int64, written before each call
+    positions: Tensor  # [n] int64, written before each call: the rotary positions
+    slots: Tensor  # [n] int64, the cache slots written: the positions, or after the cache for a tree's nodes
+    mask: Tensor | None = None  # [n, S] bool for a tree: the cache before it, and each node's ancestors
     logits: Tensor | None = None  # [n, V] outputs of the last call (the graph's own buffers once captured)
     hidden: Tensor | None = None
     layer_hidden: Tensor | None = None
@@ -74,6 +79,7 @@ class NativeLlama(CausalLM):
         self.rope_limit = rope_limit(cfg)
         self.per_token_rope = self.rope_limit is not None and max_context > self.rope_limit[1]
         graphs = graphs and not self.per_token_rope
+        self.static_trees = all(w is None for w in self.windows)  # windowed layers mask trees the eager way
         self.prompt_length = 0
         p = next(model.parameters())
         self.device = p.device
@@ -115,8 +121,8 @@ class NativeLlama(CausalLM):
 
     @torch.inference_mode()
     def forward(self, tokens: Tensor, parents: Tensor | None = None) -> Scores:
-        if self.graphs and parents is None and len(tokens) <= GRAPH_TOKENS:
-            return self._static_forward(tokens)
+        if self.graphs and len(tokens) <= GRAPH_TOKENS and (parents is None or self.static_trees):
+            return self._static_forward(tokens, parents)
         n, start = len(tokens), self.length
         self.check_room(n)
         if parents is None:
@@ -167,24 +173,38 @@ class NativeLlama(CausalLM):
         return attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
 
     # ---------------------------------------------------------------- the static-shape decoding step
-    def _static_forward(self, tokens: Tensor) -> Scores:
+    def _static_forward(self, tokens: Tensor, parents: Tensor | None) -> Scores:
         n, start = len(tokens), self.length
         self.check_room(n)
-        if n not in self.steps:
-            self.steps[n] = Step(self.cache_positions[:n].clone(), self.cache_positions[:n].clone())
-        step = self.steps[n]
+        step = self._step(n, tree=parents is not None)
         step.tokens.copy_(tokens, non_blocking=True)
-        torch.add(self.cache_positions[:n], start, out=step.positions)  # a kernel, not a copy from the host
+        torch.add(self.cache_positions[:n], start, out=step.slots)  # a kernel, not a copy from the host
+        if parents is not None:
+            parents = parents.cpu()
+            step.positions.copy_(start - 1 + tree_depths(parents), non_blocking=True)
+            torch.lt(self.cache_positions.expand(n, -1), start, out=step.mask)
+            step.mask[:, start : start + n].copy_(tree_mask(parents), non_blocking=True)
         if step.graph is not None:
             step.graph.replay()
         elif self.capture:
             self._capture(step)
         else:
-            step.logits, step.hidden, step.layer_hidden = self._decode(step.tokens, step.positions)
+            step.logits, step.hidden, step.layer_hidden = self._decode(step)
         self.length = start + n
         # Copies: the graph's outputs are overwritten by its next replay, callers may keep theirs longer.
         captured = None if step.layer_hidden is None else step.layer_hidden.clone()
         return Scores(step.logits.clone(), step.hidden.clone(), captured)
+
+    def _step(self, n: int, tree: bool) -> Step:
+        """The fixed buffers (and graph) of n-token chains, whose slots are their positions (one tensor), or of
+        n-node trees: kept apart (-n), their graphs differ."""
+        key = -n if tree else n
+        if key not in self.steps:
+            tokens, positions = self.cache_positions[:n].clone(), self.cache_positions[:n].clone()
+            slots = self.cache_positions[:n].clone() if tree else positions
+            mask = torch.zeros(n, self.max_context, dtype=torch.bool, device=self.device) if tree else None
+            self.steps[key] = Step(tokens, positions, slots, mask)
+        return self.steps[key]
 
     def _capture(self, step: Step) -> None:
         """Run the step twice on a side stream (compiling it), capture it, replay it: this call's result."""
@@ -192,30 +212,31 @@ class NativeLlama(CausalLM):
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._decode(step.tokens, step.positions)
+                self._decode(step)
         torch.cuda.current_stream().wait_stream(side)
         step.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(step.graph, pool=self.pool):
-            step.logits, step.hidden, step.layer_hidden = self._decode(step.tokens, step.positions)
+            step.logits, step.hidden, step.layer_hidden = self._decode(step)
         step.graph.replay()
 
-    def _decode(self, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _decode(self, step: Step) -> tuple[Tensor, Tensor, Tensor | None]:
         """Logits, hidden states and captured layer input of the block, every shape fixed by its length."""
+        tokens, positions, slots = step.tokens, step.positions, step.slots
         dynamic = self.compiled and len(tokens) > 1  # one compiled version for every n > 1 (n = 1 gets its own)
         if dynamic:
-            for t in (tokens, positions):
+            for t in (tokens, positions, slots):
                 torch._dynamo.maybe_mark_dynamic(t, 0)
         x, delta, cos, sin = self.embed(tokens, positions)
-        masks = self._window_masks(positions)
+        masks = self._window_masks(positions) if step.mask is None else [step.mask] * len(self.windows)
         if dynamic:
-            windowed = ((m, 0) for m in set(masks) if m is not None)
-            for t, dim in ((x, 1), (delta, 1), (cos, 1), (sin, 1), *windowed):
+            masked = ((m, 0) for m in set(masks) if m is not None)
+            for t, dim in ((x, 1), (delta, 1), (cos, 1), (sin, 1), *masked):
                 torch._dynamo.maybe_mark_dynamic(t, dim)
         captured = []
         for i, parts in enumerate(zip(self.model.model.layers, self.fused, self.k_cache, self.v_cache, strict=True)):
             if i in self.captured:
                 captured.append((x + delta)[0])
-            x, delta = self.layer(*parts, x, delta, cos, sin, masks[i], positions)
+            x, delta = self.layer(*parts, x, delta, cos, sin, masks[i], positions, slots)
         logits, hidden = self.head(x, delta)
         return logits, hidden, torch.cat(captured, -1) if captured else None
 
@@ -234,12 +255,13 @@ class NativeLlama(CausalLM):
 
     def _layer(
         self, layer: nn.Module, fused: tuple, k_cache: Tensor, v_cache: Tensor, x: Tensor, delta: Tensor,
-        cos: Tensor, sin: Tensor, mask: Tensor | None, positions: Tensor,
+        cos: Tensor, sin: Tensor, mask: Tensor | None, positions: Tensor, slots: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """One decoder layer on the residual stream x + delta; returns the stream after attention and the MLP's
         output (the next layer's delta). A pure function of its inputs, so compiling it once serves every layer.
-        Token i sees cache slots up to positions[i] (within its window, where `mask` gives one); the slots
-        after the block hold stale entries or nothing."""
+        The block's keys and values go to `slots`. Without `mask`, token i sees cache slots up to positions[i]
+        (the slots after the block hold stale entries or nothing); with one (a window, or a tree's ancestors),
+        the slots it marks."""
         attn, mlp = layer.self_attn, layer.mlp
         qkv, qkv_bias, gate_up, gate_up_bias = fused
         n = x.shape[1]
@@ -251,8 +273,8 @@ class NativeLlama(CausalLM):
         if hasattr(attn, "q_norm"):
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
-        k_cache.index_copy_(1, positions, k[0].transpose(0, 1))
-        v_cache.index_copy_(1, positions, v.view(n, self.n_kv_heads, self.head_dim).transpose(0, 1))
+        k_cache.index_copy_(1, slots, k[0].transpose(0, 1))
+        v_cache.index_copy_(1, slots, v.view(n, self.n_kv_heads, self.head_dim).transpose(0, 1))
         if mask is None:
             out = self.decode_attention(q[0], k_cache, v_cache, positions)
         else:
