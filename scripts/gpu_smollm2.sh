@@ -38,6 +38,7 @@ EXTRA=${EXTRA:-}             # more overrides for every sweep (a dry run: datase
 TRAIN_S=${TRAIN_S:-20}       # training seconds per drafter (data and evaluation take ~120 s more; 0: train none)
 TRAIN=${TRAIN:---preset h100 --time-budget-s $TRAIN_S --tau-prompts 4}
 MAIN_BOX=${MAIN_BOX:-300}    # seconds for smollm2_main's AR and fixed-arm runs
+MAIN_SWEEP=${MAIN_SWEEP:-bandit=none,fixed}  # which of them (e.g. "bandit=none,fixed bandit.arm=2,3": the trees)
 TARGET=${FLASHSPEC_CACHE:-$HOME/.cache/flashspec}/smollm2-135m-instruct
 MAIN=outputs/experiments/smollm2_main
 MIX=outputs/experiments/bandit_study_gpu
@@ -66,7 +67,7 @@ case $STAGE in
     else
       echo "== TRAIN_S=0: the drafters already in $MODELS (carried back: scripts/gpu_session.sh drafters)"
     fi
-    box "$MAIN_BOX" $PYTHON run.py -m $SMOL method=flashspec bandit=none,fixed gamma=4
+    box "$MAIN_BOX" $PYTHON run.py -m $SMOL method=flashspec $MAIN_SWEEP gamma=4
     pack smollm2_main "$MAIN" "$MODELS" ;;
   bandit)
     box 300 $PYTHON run.py -m $BANDIT sampling.seed=0,1 bandit.arm=0
