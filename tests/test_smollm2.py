@@ -116,7 +116,7 @@ def test_real_config_decodes_on_the_static_path_with_constant_host_work(smollm2_
     assert type(engine.target) is NativeLlama and engine.target.graphs
     static, forward = [], NativeLlama._static_forward
     monkeypatch.setattr(NativeLlama, "_static_forward",
-                        lambda self, tokens: static.append(len(tokens)) or forward(self, tokens))
+                        lambda self, tokens, parents: static.append(len(tokens)) or forward(self, tokens, parents))
     out = engine.generate([1, 2, 3, 4], 16)
     assert static == [4] + [1] * (out.new_tokens - 1)  # the prompt fits a static step too; then every step
     monkeypatch.undo()
