@@ -751,9 +751,7 @@ class Tuning:
     block_search: int = 512
 
 
-# cap 2048: the sampled call at gamma 8 over 128256 flat logits takes 128.5 us against 218 at cap 1024 (more
-# candidates, so one sort finds most thresholds and the search's passes rarely run; H200, results/gpu/db4d4c2).
-GPU = Tuning(block_v=2048, chunk=8192, cap=2048, pivots_row=2, pivots_cand=8, num_warps=8)
+GPU = Tuning(block_v=2048, chunk=8192, cap=1024, pivots_row=2, pivots_cand=8, num_warps=8)
 # The interpreter pays per operation, not per element: whole rows at once, wide bisection steps, no sorts.
 INTERPRETER = Tuning(block_v=1 << 17, chunk=1 << 17, cap=4096, pivots_row=8, pivots_cand=16, num_warps=1,
                      bins=256, sort=False, pivots_search=16, block_search=1 << 14)
