@@ -5,6 +5,7 @@
 # (scripts/smollm2_report.py, scripts/bandit_report.py):
 #   bash scripts/gpu_smollm2.sh main     # train the drafters (h100 preset, 20 s each), then smollm2_main's AR
 #                                        # and each arm fixed at gamma 4; 4 prompts (shuffled, seed 0) per dataset
+#   bash scripts/gpu_smollm2.sh train    # the drafters alone (what bandit and rest need when main did not run)
 #   bash scripts/gpu_smollm2.sh bandit   # bandit_study_gpu: 4 policies x 2 scopes x seeds 0,1, then AR and
 #                                        # each arm fixed, on the first 32 prompts of the mix (16 tune, 16 held out)
 #   bash scripts/gpu_smollm2.sh rest     # smollm2_main's UCB1, Thompson and Hedge over all arms at gamma [2,4,8],
@@ -59,14 +60,20 @@ pack() {  # pack NAME FOLDER...: the tar of what this call measured
   $PYTHON scripts/pack_results.py "$OUT/$1.tar.xz" "${@:2}"
 }
 
+train() {  # the drafters, unless TRAIN_S=0 (then those already in $MODELS)
+  if [ "$TRAIN_S" -gt 0 ]; then
+    box $((4 * TRAIN_S + 120)) $PYTHON scripts/train_drafters.py --target "$TARGET" \
+      --drafters draft,medusa,eagle,streaming $TRAIN --out "$MODELS"
+  else
+    echo "== TRAIN_S=0: the drafters already in $MODELS (carried back: scripts/gpu_session.sh drafters)"
+  fi
+}
+
 case $STAGE in
+  train)
+    train ;;
   main)
-    if [ "$TRAIN_S" -gt 0 ]; then
-      box $((4 * TRAIN_S + 120)) $PYTHON scripts/train_drafters.py --target "$TARGET" \
-        --drafters draft,medusa,eagle,streaming $TRAIN --out "$MODELS"
-    else
-      echo "== TRAIN_S=0: the drafters already in $MODELS (carried back: scripts/gpu_session.sh drafters)"
-    fi
+    train
     box "$MAIN_BOX" $PYTHON run.py -m $SMOL method=flashspec $MAIN_SWEEP gamma=4
     pack smollm2_main "$MAIN" "$MODELS" ;;
   bandit)
@@ -79,6 +86,6 @@ case $STAGE in
     box 320 $PYTHON run.py -m $SMOL method=hf_eager,hf_static,hf_assisted,hf_prompt_lookup bandit=none bandit.arm=0 gamma=4
     pack smollm2_main_rest "$MAIN" ;;
   *)
-    echo "usage: OUT=<folder> bash scripts/gpu_smollm2.sh main|bandit|rest" >&2
+    echo "usage: OUT=<folder> bash scripts/gpu_smollm2.sh train|main|bandit|rest" >&2
     exit 2 ;;
 esac

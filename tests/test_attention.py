@@ -7,7 +7,14 @@ import os
 import pytest
 import torch
 
-from flashspec.models.attention import decode_attention_reference, decode_attention_triton, tiling
+from flashspec.models.attention import (
+    ancestor_bits,
+    decode_attention_reference,
+    decode_attention_triton,
+    tiling,
+    visible_slots,
+)
+from flashspec.models.base import tree_mask
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
@@ -71,6 +78,34 @@ def test_each_row_sees_only_the_slots_up_to_its_position():
     assert not torch.allclose(before[4], after[4])
 
 
+TREE = torch.tensor([-1, -1, 0, 0, 1, 2, 5])  # two roots, a fork under the first, a chain under one branch
+
+
+def test_a_tree_sees_the_cache_before_it_and_its_ancestors():
+    """A tree of 7 nodes in slots 40..46: node i sees slots 0..39 and its ancestors' slots, nothing else."""
+    positions = torch.arange(40, 47)
+    mask = visible_slots(positions, ancestor_bits(tree_mask(TREE)), 64)
+    want = torch.zeros(7, 64, dtype=torch.bool)
+    want[:, :40] = True
+    want[:, 40:47] = tree_mask(TREE)
+    assert torch.equal(mask, want)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tree_rows_match_the_reference(dtype):
+    """The kernel behind a tree's ancestor bits against SDPA behind the same mask, past poisoned slots; and a
+    chain's mask would give other rows (so the bits are read)."""
+    q, k, v = inputs(7, 9, 3, 64, 200, dtype, seed=11)
+    positions = torch.arange(120, 127, device=DEVICE)
+    bits = ancestor_bits(tree_mask(TREE)).to(DEVICE)
+    out = decode_attention_triton(q, poisoned(k, 127), poisoned(v, 127), positions, bits)
+    want = decode_attention_reference(q.float(), k.float(), v.float(), positions, bits)
+    assert rel_err(out, want) < (1e-5 if dtype == "float32" else 1e-2)
+    chain = decode_attention_reference(q.float(), k.float(), v.float(), positions)
+    assert torch.allclose(out[0].float(), chain[0], atol=1e-2)  # node 0 sees the same slots either way
+    assert all(rel_err(out[i], chain[i]) > 1e-3 for i in range(1, 7)), [rel_err(out[i], chain[i]) for i in range(7)]
+
+
 def test_one_set_of_tensors_serves_every_length():
     """The length comes from the positions tensor alone: rewrite it in place, call again (as a graph replay
     does), and each result matches the reference at that length."""
@@ -117,8 +152,9 @@ def test_kernel_is_one_opaque_op_under_compile():
     (((1, 6, 32), (4, 64, 32), (1,)), "multiple of Hkv"),
     (((1, 4, 32), (2, 64, 16), (1,)), "head sizes must match"),
     (((2, 4, 32), (2, 64, 32), (1,)), "one per query row"),
+    (((2, 4, 32), (2, 64, 32), (2,), (3,)), "ancestors must be"),
 ])
 def test_bad_shapes_are_refused_with_one_clear_line(shapes, match):
-    q, cache, positions = (torch.zeros(s, device=DEVICE) for s in shapes)
+    q, cache, positions, *ancestors = (torch.zeros(s, device=DEVICE) for s in shapes)
     with pytest.raises(ValueError, match=match):
-        decode_attention_triton(q, cache, cache, positions.long())
+        decode_attention_triton(q, cache, cache, positions.long(), *(a.long() for a in ancestors))

@@ -15,8 +15,8 @@ import triton.compiler.compiler as triton_compiler
 from triton.compiler import CompiledKernel
 
 from flashspec.config import SamplingConfig
-from flashspec.verify import process_logits, sample_from, verify, verify_reference, verify_triton
-from flashspec.verify.triton_kernel import _CHAIN_PLANS, Launcher, Tuning, aligned
+from flashspec.verify import process_logits, sample_from, triton_kernel, verify, verify_reference, verify_triton
+from flashspec.verify.triton_kernel import _CHAIN_PLANS, Launcher, Tuning
 
 SAMPLINGS = {
     "greedy": SamplingConfig(),
@@ -291,12 +291,13 @@ def test_a_search_left_with_few_logits_gathers_them_across_programs(mode: str, d
 
 class _FakeCompiled(CompiledKernel):
     """Triton's own compiled-kernel runner (`CompiledKernel.__getitem__`, which reads grid[0], grid[1] and
-    grid[2]) over a launch that records its arguments instead of reaching a GPU."""
+    grid[2]) over a launch that records its arguments instead of reaching a GPU; with `raw`, a C launcher
+    of Triton 3.6's layout (`run.launch`, no scratch memory) that records them."""
 
-    function = packed_metadata = module = None
+    function, packed_metadata, module = "function", "packed", None
 
-    def __init__(self, calls: list, fail: bool = False) -> None:  # none of CompiledKernel's state is needed
-        self.calls, self.fail = calls, fail
+    def __init__(self, calls: list, fail: bool = False, raw: bool = False) -> None:  # none of its state is needed
+        self.calls, self.fail, self.raw = calls, fail, raw
 
     def _init_handles(self) -> None:
         pass
@@ -310,6 +311,15 @@ class _FakeCompiled(CompiledKernel):
             if self.fail:
                 raise TypeError("the launcher's arguments do not match")
             self.calls.append(("direct", (gx, gy, gz), args))
+
+        def raw(gx, gy, gz, stream, function, cooperative, pdl, scratch, profile, packed, metadata, enter, exit_,
+                *args):
+            self.calls.append(("raw", (gx, gy, gz, stream, function, cooperative, pdl, packed), args))
+
+        if not self.raw:
+            return launch
+        launch.launch, launch.launch_cooperative_grid, launch.launch_pdl = raw, False, True
+        launch.global_scratch_size = launch.profile_scratch_size = 0
         return launch
 
 
@@ -318,46 +328,65 @@ class _FakeJIT:
 
     arg_names = ["x_ptr", "n", "BLOCK", "FLAG"]
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, raw: bool = False) -> None:
         self.calls: list = []
-        self.fail = fail
+        self.fail, self.raw = fail, raw
 
     def __getitem__(self, grid):
         def run(*args, **constants):
             self.calls.append(("jit", grid, args, constants))
-            return _FakeCompiled(self.calls, self.fail)
+            return _FakeCompiled(self.calls, self.fail, self.raw)
         return run
 
 
 @pytest.fixture
 def cuda_stream_stub(monkeypatch):
-    """The runner asks Triton's driver for the current stream; this machine may have no GPU driver."""
+    """The runner asks Triton's driver for the current stream, the raw launch torch: this machine may have no GPU
+    driver."""
     class Active:
         get_current_device = staticmethod(lambda: 0)
         get_current_stream = staticmethod(lambda device: 7)
     monkeypatch.setattr(triton_compiler, "driver", type("Driver", (), {"active": Active}))
+    monkeypatch.setattr(triton_kernel, "current_stream", lambda device: 7)
     monkeypatch.setattr(Launcher, "enabled", True)
 
 
 def test_launcher_goes_direct_after_the_first_aligned_launch(cuda_stream_stub) -> None:
     kernel, x = _FakeJIT(), torch.zeros(8)
-    launch = Launcher(kernel, (3, 2), dict(FLAG=True, BLOCK=64, num_warps=4))  # a 2-D grid, as the residual's
-    launch(aligned(x[1:]), x[1:], 5)  # unaligned: compiled apart, never reused
-    launch(aligned(x), x, 5)
-    launch(aligned(x), x, 5)
-    launch(aligned(x[1:]), x[1:], 5)
+    launch = Launcher(kernel, (3, 2), dict(FLAG=True, BLOCK=64, num_warps=4), (5,))  # a 2-D grid, as the residual's
+    launch(x[1:])  # unaligned: compiled apart, never reused
+    launch(x)
+    launch(x)
+    launch(x[1:])
     assert [call[0] for call in kernel.calls] == ["jit", "jit", "direct", "jit"]
-    # The grid reaches the launcher in 3-D, and the parameters in signature order, constexprs included, as
-    # Triton's JIT passes them.
-    assert kernel.calls[2] == ("direct", (3, 2, 1), (x, 5, 64, True))
+    # The grid reaches the runner in 3-D, and the parameters in signature order, constexprs included, as Triton's
+    # JIT passes them; the inputs as their pointers.
+    assert kernel.calls[2] == ("direct", (3, 2, 1), (x.data_ptr(), 5, 64, True))
+
+
+def test_launcher_calls_a_known_c_launcher_raw(cuda_stream_stub, monkeypatch) -> None:
+    monkeypatch.setattr(triton_kernel, "raw_layout", lambda: triton_kernel.RAW_LAYOUT)
+    kernel, x, out = _FakeJIT(raw=True), torch.zeros(8), torch.zeros(4)
+    launch = Launcher(kernel, (3, 2), dict(FLAG=True, BLOCK=64), (out,))
+    launch(x)
+    launch(x)
+    # The C launcher of Triton 3.6: stream, function, its flags and metadata, no hooks; every pointer an int.
+    assert kernel.calls[1] == ("raw", (3, 2, 1, 7, "function", False, True, "packed"),
+                               (x.data_ptr(), out.data_ptr(), 64, True))
+    monkeypatch.setattr(triton_kernel, "raw_layout", lambda: "another layout")
+    kernel = _FakeJIT(raw=True)
+    launch = Launcher(kernel, (3, 2), dict(FLAG=True, BLOCK=64), (out,))
+    launch(x)
+    launch(x)
+    assert kernel.calls[1] == ("direct", (3, 2, 1), (x.data_ptr(), out, 64, True))
 
 
 def test_a_failing_direct_launch_falls_back_to_the_jit(cuda_stream_stub) -> None:
     kernel, x = _FakeJIT(fail=True), torch.zeros(8)
-    launch = Launcher(kernel, (3, 1, 1), dict(FLAG=False, BLOCK=64))
-    launch(True, x, 5)
+    launch = Launcher(kernel, (3, 1, 1), dict(FLAG=False, BLOCK=64), (5,))
+    launch(x)
     with pytest.warns(RuntimeWarning, match="direct kernel launches failed"):
-        launch(True, x, 5)
-    launch(True, x, 5)
+        launch(x)
+    launch(x)
     assert [call[0] for call in kernel.calls] == ["jit", "jit", "jit"]
     assert not Launcher.enabled

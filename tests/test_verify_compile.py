@@ -96,6 +96,7 @@ def launch_every_wrapper() -> None:
         verify_tree_triton(logits, tokens, parents, probs, sampling, torch.rand(n + 1, generator=g), GPU)
     # Decode attention (no sampling modes): the H200's 132 SMs, the dtypes, head sizes and block lengths it meets.
     from flashspec.models import attention
+    from flashspec.models.base import tree_mask
 
     # 2048 slots: the 32 splits of the 8B and SmolLM2 shapes on the H200; a 64-slot cache has one split.
     cases = ((torch.bfloat16, 128, 32, 8, 1, 2048), (torch.bfloat16, 64, 9, 3, 9, 2048),
@@ -104,6 +105,12 @@ def launch_every_wrapper() -> None:
         q = torch.randn(n, heads, dim).to(dtype)
         k, v = (torch.randn(kv_heads, span, dim).to(dtype) for _ in "kv")
         attention.launch(q, k, v, torch.arange(span - n, span), sms=132, upcast=False)
+    # Token trees (ancestor bitmasks) of the SmolLM2 and 8B shapes, up to the static step's 32 nodes.
+    for heads, kv_heads, dim, n in ((9, 3, 64, 7), (32, 8, 128, 32)):
+        q = torch.randn(n, heads, dim).to(torch.bfloat16)
+        k, v = (torch.randn(kv_heads, 2048, dim).to(torch.bfloat16) for _ in "kv")
+        ancestors = attention.ancestor_bits(tree_mask(torch.tensor([i // 2 - 1 for i in range(n)])))
+        attention.launch(q, k, v, torch.arange(100, 100 + n), sms=132, upcast=False, ancestors=ancestors)
 
 
 def compile_launch(fn, args: tuple, kwargs: dict) -> None:

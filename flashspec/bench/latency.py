@@ -7,9 +7,14 @@ explain every missed speed target.
 
 from __future__ import annotations
 
-from flashspec.bench.context import Bench
+import time
+
+import torch
+
+from flashspec.bench.context import Bench, log
 from flashspec.bench.measure import DEVICE, device_ms, kernel_table, kernel_times
-from flashspec.bench.shapes import CONTEXT, PROMPT_LENS, make_engine, prompt_ids
+from flashspec.bench.shapes import CONTEXT, PROMPT_LENS, TARGET, make_engine, prompt_ids
+from flashspec.models import attention
 from flashspec.models.native import NativeLlama
 
 
@@ -36,12 +41,49 @@ def latency(bench: Bench) -> list[dict]:
 def step_ms(bench: Bench, shape: str) -> float:
     """Device milliseconds of the shape's captured one-token step at context 1024 (section b's k = 1)."""
     if shape not in bench.step_ms:
-        model, start = bench.model(shape), PROMPT_LENS[0]
-        model.reset()
-        model.forward(bench.prompt(shape, start))
-        block = prompt_ids(1, model.vocab_size).to(DEVICE)
-        bench.step_ms[shape] = device_ms(lambda: (model.crop(start), model.forward(block)), 20)
+        bench.step_ms[shape] = graph_step_ms(bench, shape, bench.model(shape))
     return bench.step_ms[shape]
+
+
+def graph_step_ms(bench: Bench, shape: str, model: NativeLlama) -> float:
+    start = PROMPT_LENS[0]
+    model.reset()
+    model.forward(bench.prompt(shape, start))
+    block = prompt_ids(1, model.vocab_size).to(DEVICE)
+    return device_ms(lambda: (model.crop(start), model.forward(block)), 20)
+
+
+# The 8B step under other Inductor options and decode-attention splits: where its time can go next. Each builds
+# the model anew on the same weights (the layer compiled with these options, the graphs captured again).
+VARIANTS = {
+    "coordinate_descent_tuning": (dict(coordinate_descent_tuning=True), None),
+    "max_autotune": (dict(max_autotune=True), None),
+    "attention programs_per_sm=1": (None, 1),
+    "attention programs_per_sm=4": (None, 4),
+}
+
+
+def variants(bench: Bench) -> list[dict]:
+    base = bench.model(TARGET)
+    rows = [dict(shape=TARGET, variant="default", step_ms=step_ms(bench, TARGET))]
+    saved = attention.PROGRAMS_PER_SM
+    for name, (options, programs) in VARIANTS.items():
+        if not bench.enough(90, f"8B step variant {name}"):
+            continue
+        attention.PROGRAMS_PER_SM = programs or saved
+        t0 = time.perf_counter()
+        try:
+            model = NativeLlama(base.model, CONTEXT, graphs=True, compile_options=options)
+            rows.append(dict(shape=TARGET, variant=name, step_ms=graph_step_ms(bench, TARGET, model),
+                             build_s=time.perf_counter() - t0))
+            del model
+        except Exception as err:  # one variant failing leaves the others' numbers
+            rows.append(dict(shape=TARGET, variant=name, error=repr(err)[:200]))
+        finally:
+            attention.PROGRAMS_PER_SM = saved
+            torch.cuda.empty_cache()
+        log(f"8B step variant {name}: {rows[-1]}")
+    return rows
 
 
 def profile(bench: Bench) -> list[dict]:

@@ -1,9 +1,12 @@
 """Decode attention over the filled part of a static KV cache: a split-KV (FlashDecoding) Triton kernel beside
 its PyTorch reference.
 
-A decoding block of n query rows at `positions` (a device tensor) attends to the cache: row i sees the slots
-<= positions[i], so the block is causal within itself and the used length is max(positions) + 1. Neither
-function reads a Python number off the device, so one captured CUDA graph serves every length.
+A decoding block of n query rows in cache slots `positions` (a device tensor) attends to the cache: row i sees
+the slots <= positions[i], so the block is causal within itself and the used length is max(positions) + 1.
+A token tree (`ancestors` given, one int64 bit set per ancestor) sees the slots before the block and, within
+it, its own ancestors and itself: the same kernel, so tree nodes are scored as chain rows are (float32 sums
+in one order), not by SDPA behind a mask. Neither function reads a Python number off the device, so one
+captured CUDA graph serves every length.
 
 The reference runs SDPA over the whole cache behind a mask. The kernel reads only the used length: a grid of
 (KV head, split, query block) programs, with the used length cut into at most `max_splits` splits of whole
@@ -32,10 +35,29 @@ PROGRAMS_PER_SM = 2  # programs of the split kernel to aim for per SM on long co
 INTERPRETER_SMS = 4  # on the CPU (Triton's interpreter): a few splits, so tests cover their combination
 
 
-def decode_attention_reference(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor) -> Tensor:
-    """q [n, H, D] at `positions` [n] over the cache [Hkv, S, D] -> [n, H, D]; row i sees slots <= positions[i]."""
-    mask = torch.arange(k_cache.shape[1], device=positions.device)[None, :] <= positions[:, None]
-    return grouped_attention(q, k_cache, v_cache, mask)
+def decode_attention_reference(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, ancestors: Tensor | None = None
+) -> Tensor:
+    """q [n, H, D] in slots `positions` [n] over the cache [Hkv, S, D] -> [n, H, D]; row i sees slots <=
+    positions[i], or with `ancestors` those before the block and its ancestors' (visible_slots)."""
+    return grouped_attention(q, k_cache, v_cache, visible_slots(positions, ancestors, k_cache.shape[1]))
+
+
+def visible_slots(positions: Tensor, ancestors: Tensor | None, span: int) -> Tensor:
+    """[n, span] bool: the cache slots each row sees. A chain's row i: slots <= positions[i]. A tree's, whose rows
+    fill the slots start .. start + n - 1 in order: the slots before start, and start + j for every bit j set
+    in ancestors[i] (its ancestors and itself; trees of at most 63 nodes)."""
+    slots = torch.arange(span, device=positions.device)[None, :]
+    if ancestors is None:
+        return slots <= positions[:, None]
+    start = positions - torch.arange(len(positions), device=positions.device)
+    rel = slots - start[:, None]
+    return (rel < 0) | ((ancestors[:, None] >> rel.clamp(0, 62)) & 1).bool()
+
+
+def ancestor_bits(mask: Tensor) -> Tensor:
+    """[n] int64 from a tree's [n, n] ancestor mask (models.base.tree_mask): bit j of row i set iff i sees j."""
+    return (mask.long() << torch.arange(mask.shape[1])).sum(1)
 
 
 def grouped_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tensor:
@@ -70,13 +92,14 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _decode_attention_split(
-    q_ptr, k_ptr, v_ptr, pos_ptr, acc_ptr, ml_ptr, n, rep, max_splits, qk_scale,
+    q_ptr, k_ptr, v_ptr, pos_ptr, anc_ptr, acc_ptr, ml_ptr, n, rep, max_splits, qk_scale,
     stride_qt, stride_qh, stride_qd, stride_kh, stride_ks, stride_kd, stride_vh, stride_vs, stride_vd,
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    N_P2: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    N_P2: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, TREE: tl.constexpr,
 ):
     """One split of one KV head for BLOCK_M query rows (row = token * rep + head within the group): the
-    unnormalised output, the running max (log2 units) and the softmax sum over the split's slots."""
+    unnormalised output, the running max (log2 units) and the softmax sum over the split's slots. TREE: the
+    rows see the slots before the block and their ancestors' (anc_ptr's bits), not every slot up to theirs."""
     kvh = tl.program_id(0)
     split = tl.program_id(1)
     rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -88,6 +111,9 @@ def _decode_attention_split(
     head = kvh * rep + rows % rep
     live = rows < n * rep
     pos = tl.load(pos_ptr + token, mask=live, other=-1).to(tl.int32)  # padding rows see nothing
+    if TREE:
+        anc = tl.load(anc_ptr + token, mask=live, other=0).to(tl.int64)  # padding rows: no bits, nothing seen
+        first = pos - token  # the block's first slot: row i is in slot first + i
     d = tl.arange(0, D_PAD)
     q = tl.load(q_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :] * stride_qd,
                 mask=live[:, None] & (d[None, :] < D), other=0.0)
@@ -103,7 +129,13 @@ def _decode_attention_split(
         k = tl.load(k_base + slot[:, None] * stride_ks + d[None, :] * stride_kd, mask=inside, other=0.0)
         v = tl.load(v_base + slot[:, None] * stride_vs + d[None, :] * stride_vd, mask=inside, other=0.0)
         s = _dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale
-        seen = (slot[None, :] <= pos[:, None]) & (slot[None, :] < hi)
+        if TREE:
+            rel = slot[None, :] - first[:, None]
+            bit = (anc[:, None] >> tl.minimum(tl.maximum(rel, 0), 62).to(tl.int64)) & 1
+            seen = ((rel < 0) & live[:, None]) | (bit != 0)
+        else:
+            seen = slot[None, :] <= pos[:, None]
+        seen = seen & (slot[None, :] < hi)
         s = tl.where(seen, s, -float("inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)  # a row that has seen nothing yet stays at 0
@@ -150,7 +182,7 @@ def sm_count(device: torch.device) -> int:
     return INTERPRETER_SMS
 
 
-def check_inputs(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor) -> None:
+def check_inputs(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, ancestors: Tensor | None) -> None:
     """One clear line for each way the kernel's inputs can be wrong (host metadata only: no device reads)."""
     if q.dim() != 3 or k_cache.dim() != 3 or k_cache.shape != v_cache.shape:
         raise ValueError(f"decode attention takes q [n, H, D] and caches [Hkv, S, D] of one shape: got "
@@ -161,6 +193,10 @@ def check_inputs(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor)
     if positions.shape != (q.shape[0],) or positions.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"positions must be [n] int32/int64, one per query row: got {tuple(positions.shape)} "
                          f"{positions.dtype}")
+    if ancestors is not None and (ancestors.shape != positions.shape or ancestors.dtype != torch.int64
+                                  or len(ancestors) > 63):
+        raise ValueError(f"ancestors must be [n] int64 bitmasks, one per query row, n <= 63: got "
+                         f"{tuple(ancestors.shape)} {ancestors.dtype}")
     if q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("the Triton decode attention runs on CUDA, or on the CPU with TRITON_INTERPRET=1 set "
                          "before triton is imported: use the reference on the CPU")
@@ -180,14 +216,18 @@ def tiling(rows: int, dim: int, kv_heads: int, span: int, sms: int) -> tuple[int
 
 
 @torch.library.custom_op("flashspec::decode_attention", mutates_args=())
-def decode_attention_triton(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor) -> Tensor:
+def decode_attention_triton(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, ancestors: Tensor | None = None
+) -> Tensor:
     """decode_attention_reference's result, reading only the used part of the cache (see the module doc).
     A custom op, so torch.compile calls it as one opaque op instead of tracing into the launches."""
-    check_inputs(q, k_cache, v_cache, positions)
-    return launch(q, k_cache, v_cache, positions, sm_count(q.device), upcast=q.device.type == "cpu")
+    check_inputs(q, k_cache, v_cache, positions, ancestors)
+    return launch(q, k_cache, v_cache, positions, sm_count(q.device), upcast=q.device.type == "cpu",
+                  ancestors=ancestors)
 
 
-def launch(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, sms: int, upcast: bool) -> Tensor:
+def launch(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, sms: int, upcast: bool,
+           ancestors: Tensor | None = None) -> Tensor:
     """The two launches for a device of `sms` multiprocessors; `upcast`: float32 dots (the interpreter's).
     Apart from the custom op, so tests/test_verify_compile.py can record the GPU's launches on any machine."""
     n, heads, dim = q.shape
@@ -203,9 +243,9 @@ def launch(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, sms: 
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     qk_scale = dim**-0.5 * 1.4426950408889634  # softmax in base 2: exp(x) = exp2(x * log2(e))
     _decode_attention_split[(kv_heads, max_splits, m_blocks)](
-        q, k_cache, v_cache, positions, acc, ml, n, rep, max_splits, qk_scale, *q.stride(), *k_cache.stride(),
-        *v_cache.stride(), D=dim, D_PAD=d_pad, M_PAD=m_pad, BLOCK_M=block_m, BLOCK_N=block_n, N_P2=n_p2,
-        PRECISION=precision, UPCAST=upcast,
+        q, k_cache, v_cache, positions, positions if ancestors is None else ancestors.contiguous(), acc, ml, n, rep,
+        max_splits, qk_scale, *q.stride(), *k_cache.stride(), *v_cache.stride(), D=dim, D_PAD=d_pad, M_PAD=m_pad,
+        BLOCK_M=block_m, BLOCK_N=block_n, N_P2=n_p2, PRECISION=precision, UPCAST=upcast, TREE=ancestors is not None,
         num_warps=4 if block_m <= 16 else 8, num_stages=2,  # no register spills on sm_90 (ptxas, Triton 3.9)
     )
     _decode_attention_combine[(n, heads)](
@@ -216,7 +256,7 @@ def launch(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, sms: 
 
 
 @decode_attention_triton.register_fake
-def _(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor) -> Tensor:
+def _(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, ancestors: Tensor | None = None) -> Tensor:
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 

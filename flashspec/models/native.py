@@ -9,9 +9,10 @@ forward instead: every shape depends on the block length n alone, and the block'
 into fixed device buffers, so nothing in the step reads a Python number off the device. Its attention
 (`attention.py`) takes the used length from the positions on the device: on CUDA a split-KV Triton kernel
 that reads only the filled part of the cache, on the CPU the reference (SDPA over the cache behind a mask).
-A tree's block writes its nodes to the slots after the cache, rotates them by depth, and attends behind an
-ancestor mask over the whole cache (a fixed [n, S] buffer, written on the device each step), so tree arms
-decode through the same captured, compiled layers as chains and autoregressive steps.
+A tree's block writes its nodes to the slots after the cache, rotates them by depth, and attends through the
+same kernel to the cache before it and its ancestors (one int64 bitmask per node, a fixed [n] buffer), so tree
+arms decode through the same captured, compiled layers, and the same float32 attention sums, as chains and
+autoregressive steps.
 On CUDA each n is captured once as a CUDA graph and replayed, the layer is compiled (one compiled layer
 serves all of them), and q/k/v and gate/up each run as one matmul; on the CPU the same static forward runs
 uncaptured, which is how tests check it against the eager path.
@@ -28,7 +29,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from flashspec.models.attention import IMPLEMENTATIONS, grouped_attention
+from flashspec.models.attention import IMPLEMENTATIONS, ancestor_bits, grouped_attention
 from flashspec.models.base import CausalLM, Scores, tree_depths, tree_mask
 from flashspec.models.fidelity import rope_limit
 
@@ -48,7 +49,7 @@ class Step:
     tokens: Tensor  # [n] int64, written before each call
     positions: Tensor  # [n] int64, written before each call: the rotary positions
     slots: Tensor  # [n] int64, the cache slots written: the positions, or after the cache for a tree's nodes
-    mask: Tensor | None = None  # [n, S] bool for a tree: the cache before it, and each node's ancestors
+    ancestors: Tensor | None = None  # [n] int64 for a tree: bit j of node i set iff j is i or an ancestor
     logits: Tensor | None = None  # [n, V] outputs of the last call (the graph's own buffers once captured)
     hidden: Tensor | None = None
     layer_hidden: Tensor | None = None
@@ -61,11 +62,12 @@ class NativeLlama(CausalLM):
 
     def __init__(
         self, model: PreTrainedModel, max_context: int, graphs: bool = False, compile: bool | None = None,
-        attention: str = "auto",
+        attention: str = "auto", compile_options: dict | None = None,
     ) -> None:
         """`graphs`: decode through the static-shape path (captured on CUDA). `compile`: compile its layer
-        (default: when capturing on CUDA). `attention`: that path's decode attention, triton or reference
-        (auto: triton on CUDA; on the CPU triton needs TRITON_INTERPRET=1)."""
+        (default: when capturing on CUDA), with Inductor's `compile_options` (e.g. coordinate_descent_tuning).
+        `attention`: that path's decode attention, triton or reference (auto: triton on CUDA; on the CPU
+        triton needs TRITON_INTERPRET=1)."""
         cfg = model.config
         self.model = model.eval()
         self.vocab_size = cfg.vocab_size
@@ -102,7 +104,7 @@ class NativeLlama(CausalLM):
         self.decode_attention = IMPLEMENTATIONS[attention]
         self.compiled = graphs and (self.capture if compile is None else compile)
         # Compiled, the step's ends (embedding and rotary; final norm and LM head) are a few fused kernels too.
-        self.layer, self.embed, self.head = (compile_layer(f) if self.compiled else f
+        self.layer, self.embed, self.head = (compile_layer(f, compile_options) if self.compiled else f
                                              for f in (self._layer, self._embed, self._head))
 
     def reset(self) -> None:
@@ -182,8 +184,7 @@ class NativeLlama(CausalLM):
         if parents is not None:
             parents = parents.cpu()
             step.positions.copy_(start - 1 + tree_depths(parents), non_blocking=True)
-            torch.lt(self.cache_positions.expand(n, -1), start, out=step.mask)
-            step.mask[:, start : start + n].copy_(tree_mask(parents), non_blocking=True)
+            step.ancestors.copy_(ancestor_bits(tree_mask(parents)), non_blocking=True)
         if step.graph is not None:
             step.graph.replay()
         elif self.capture:
@@ -202,8 +203,8 @@ class NativeLlama(CausalLM):
         if key not in self.steps:
             tokens, positions = self.cache_positions[:n].clone(), self.cache_positions[:n].clone()
             slots = self.cache_positions[:n].clone() if tree else positions
-            mask = torch.zeros(n, self.max_context, dtype=torch.bool, device=self.device) if tree else None
-            self.steps[key] = Step(tokens, positions, slots, mask)
+            ancestors = self.cache_positions[:n].clone() if tree else None
+            self.steps[key] = Step(tokens, positions, slots, ancestors)
         return self.steps[key]
 
     def _capture(self, step: Step) -> None:
@@ -221,13 +222,14 @@ class NativeLlama(CausalLM):
 
     def _decode(self, step: Step) -> tuple[Tensor, Tensor, Tensor | None]:
         """Logits, hidden states and captured layer input of the block, every shape fixed by its length."""
-        tokens, positions, slots = step.tokens, step.positions, step.slots
+        tokens, positions, slots, ancestors = step.tokens, step.positions, step.slots, step.ancestors
         dynamic = self.compiled and len(tokens) > 1  # one compiled version for every n > 1 (n = 1 gets its own)
         if dynamic:
-            for t in (tokens, positions, slots):
-                torch._dynamo.maybe_mark_dynamic(t, 0)
+            for t in (tokens, positions, slots, ancestors):
+                if t is not None:
+                    torch._dynamo.maybe_mark_dynamic(t, 0)
         x, delta, cos, sin = self.embed(tokens, positions)
-        masks = self._window_masks(positions) if step.mask is None else [step.mask] * len(self.windows)
+        masks = self._window_masks(positions)  # trees take the static step only without windows: None then
         if dynamic:
             masked = ((m, 0) for m in set(masks) if m is not None)
             for t, dim in ((x, 1), (delta, 1), (cos, 1), (sin, 1), *masked):
@@ -236,7 +238,7 @@ class NativeLlama(CausalLM):
         for i, parts in enumerate(zip(self.model.model.layers, self.fused, self.k_cache, self.v_cache, strict=True)):
             if i in self.captured:
                 captured.append((x + delta)[0])
-            x, delta = self.layer(*parts, x, delta, cos, sin, masks[i], positions, slots)
+            x, delta = self.layer(*parts, x, delta, cos, sin, masks[i], slots, ancestors)
         logits, hidden = self.head(x, delta)
         return logits, hidden, torch.cat(captured, -1) if captured else None
 
@@ -255,13 +257,13 @@ class NativeLlama(CausalLM):
 
     def _layer(
         self, layer: nn.Module, fused: tuple, k_cache: Tensor, v_cache: Tensor, x: Tensor, delta: Tensor,
-        cos: Tensor, sin: Tensor, mask: Tensor | None, positions: Tensor, slots: Tensor,
+        cos: Tensor, sin: Tensor, mask: Tensor | None, slots: Tensor, ancestors: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """One decoder layer on the residual stream x + delta; returns the stream after attention and the MLP's
         output (the next layer's delta). A pure function of its inputs, so compiling it once serves every layer.
-        The block's keys and values go to `slots`. Without `mask`, token i sees cache slots up to positions[i]
-        (the slots after the block hold stale entries or nothing); with one (a window, or a tree's ancestors),
-        the slots it marks."""
+        The block's keys and values go to `slots`. Token i sees the cache slots up to slots[i] (the slots after
+        the block hold stale entries or nothing); with `ancestors` (a tree), those before the block and its
+        ancestors'; with `mask` (a sliding window), the slots it marks."""
         attn, mlp = layer.self_attn, layer.mlp
         qkv, qkv_bias, gate_up, gate_up_bias = fused
         n = x.shape[1]
@@ -276,7 +278,7 @@ class NativeLlama(CausalLM):
         k_cache.index_copy_(1, slots, k[0].transpose(0, 1))
         v_cache.index_copy_(1, slots, v.view(n, self.n_kv_heads, self.head_dim).transpose(0, 1))
         if mask is None:
-            out = self.decode_attention(q[0], k_cache, v_cache, positions)
+            out = self.decode_attention(q[0], k_cache, v_cache, slots, ancestors)
         else:
             out = grouped_attention(q[0], k_cache, v_cache, mask)
         x = x + attn.o_proj(out.view(1, n, -1))
@@ -303,7 +305,7 @@ class NativeLlama(CausalLM):
         self.length = start + len(nodes)
 
 
-def compile_layer(fn):
+def compile_layer(fn, options: dict | None = None):
     """`fn` (the layer, or one of the step's ends) compiled with static shapes. Every NativeLlama of a process
     shares these methods' code objects, so with Dynamo's automatic dynamic shapes a second model (another
     width, head count or cache length) would get them recompiled with symbolic sizes, and slower kernels: on
@@ -313,7 +315,7 @@ def compile_layer(fn):
     off into eager after four models."""
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, LAYER_COMPILES)
-    return torch.compile(fn, dynamic=False)
+    return torch.compile(fn, dynamic=False, options=options)
 
 
 def per_token_rotary(rotary: nn.Module, x: Tensor, positions: Tensor, prompt_length: int, limit: int):

@@ -33,7 +33,6 @@ from flashspec.verify.triton_kernel import (
     _finish_row,
     _first_above,
     _store_chunk_stats,
-    aligned,
     check_compiles,
     no_capture,
     plan_key,
@@ -220,10 +219,13 @@ class _TreePlan:
         sizes = [n1 + 1, n1 * nsplit_p2, n1]
         self.counters, part_arg, argmax = torch.zeros(sum(sizes), dtype=torch.int32, device=dev).split(sizes)
         self.n1 = n1
-        self.workspace = (part, part_arg, stats, argmax, self.counters, cand, buf, bsum)
-        self.args = (n1 - 1, *shape.scalars(sampling))
+        # The outputs too, as the chain plan's: each call returns the same tensors (n_accepted, path, tokens).
+        out = torch.empty(2 * n1, dtype=torch.int64, device=dev)
+        self.outputs = out[0], out[1:n1], out[n1:]
         self.launch = Launcher(_tree_kernel, (n1, shape.nsplit),
-                               shape.constants(draft_probs is not None) | dict(N_P2=triton.next_power_of_2(n1)))
+                               shape.constants(draft_probs is not None) | dict(N_P2=triton.next_power_of_2(n1)),
+                               (*self.outputs, part, part_arg, stats, argmax, self.counters, cand, buf, bsum, n1 - 1,
+                                *shape.scalars(sampling)))
 
 
 _TREE_PLANS: dict[tuple, _TreePlan] = {}
@@ -235,19 +237,17 @@ def verify_tree_triton(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`verify_tree_reference` in one kernel launch. Shapes are checked once per shape (plan_key); `parents` is
     checked when it comes on the CPU (the engine's case; a device tensor would cost a sync) and is moved to
-    the logits' device."""
+    the logits' device. The returned tensors are the plan's own, overwritten by the next call with the same
+    shapes, dtypes, sampling and tuning: read (or clone) them before that."""
     key = plan_key(sampling, tuning, target_logits, tokens, draft_probs, uniforms, parents)
     plan = _TREE_PLANS.get(key)
     if plan is None:
         plan = _TREE_PLANS[key] = _TreePlan(target_logits, tokens, parents, draft_probs, sampling, uniforms, tuning)
     if parents.device.type == "cpu":
         check_parents(parents)
-    dev, n1 = plan.dev, plan.n1
-    out = torch.empty(2 * n1, dtype=torch.int64, device=dev)  # n_accepted, path, tokens
-    n_accepted, path, out_tokens = out[0], out[1:n1], out[n1:]
+    dev = plan.dev
     plan.counters.zero_()
     logits = target_logits.contiguous()
-    inputs = (logits, tokens.to(dev).contiguous(), parents.to(dev, non_blocking=True).contiguous(),
-              logits if draft_probs is None else draft_probs.contiguous(), uniforms.float().contiguous())
-    plan.launch(aligned(*inputs), *inputs, n_accepted, path, out_tokens, *plan.workspace, *plan.args)
-    return n_accepted, path, out_tokens
+    plan.launch(logits, tokens.to(dev).contiguous(), parents.to(dev, non_blocking=True).contiguous(),
+                logits if draft_probs is None else draft_probs.contiguous(), uniforms.float().contiguous())
+    return plan.outputs

@@ -15,13 +15,16 @@ Non-finite logits are the caller's check (the engine folds it into its one host 
 
 from __future__ import annotations
 
+import operator
 import warnings
 from dataclasses import dataclass
+from functools import reduce
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton import knobs
 from triton.compiler import CompiledKernel
 from triton.runtime.jit import JITFunction
 
@@ -751,7 +754,9 @@ class Tuning:
     block_search: int = 512
 
 
-GPU = Tuning(block_v=2048, chunk=8192, cap=1024, pivots_row=2, pivots_cand=8, num_warps=8)
+# cap 2048: the sampled call at gamma 8 over 128256 flat logits takes 128.5 us against 218 at cap 1024 (more
+# candidates, so one sort finds most thresholds and the search's passes rarely run; H200, results/gpu/db4d4c2).
+GPU = Tuning(block_v=2048, chunk=8192, cap=2048, pivots_row=2, pivots_cand=8, num_warps=8)
 # The interpreter pays per operation, not per element: whole rows at once, wide bisection steps, no sorts.
 INTERPRETER = Tuning(block_v=1 << 17, chunk=1 << 17, cap=4096, pivots_row=8, pivots_cand=16, num_warps=1,
                      bins=256, sort=False, pivots_search=16, block_search=1 << 14)
@@ -824,46 +829,83 @@ def no_capture(device: torch.device, name: str) -> None:
 
 
 class Launcher:
-    """One kernel's launches for one plan, whose grid and compile-time constants are fixed. The first launch
-    goes through Triton's JIT (`kernel[grid](...)`), which binds and specialises every argument, builds a cache
-    key and compiles: most of a verifier call's host time when done on every call. Later launches call the
-    compiled kernel it returned (`CompiledKernel[grid]`, where the JIT's own launch ends), with every parameter
-    in signature order, constexprs included. That holds while the arguments specialise as at the first launch:
-    a plan fixes shapes, dtypes, integers and workspace, so only the inputs' 16-byte alignment can change, and a
-    call whose inputs are not all aligned takes the JIT path. The grid is padded to 3-D because the compiled
-    kernel's runner reads grid[2] where the JIT fills it in (Triton 3.6 and 3.9; a 2-D grid raised IndexError on
-    the H200). Should a direct launch still raise (nothing has launched then: the arguments are parsed first),
-    direct launches are switched off for the process with one warning, and the JIT path launches instead. The
-    interpreter returns no compiled kernel: always the JIT path there."""
+    """One kernel's launches for one plan, whose grid, compile-time constants and trailing arguments (`fixed`:
+    outputs, workspace, scalars) are fixed, so a call passes only its inputs. The first launch goes through
+    Triton's JIT (`kernel[grid](...)`), which binds and specialises every argument, builds a cache key and
+    compiles: most of a verifier call's host time when done on every call. Later launches reuse the compiled
+    kernel it returned, with every parameter in signature order, constexprs included. That holds while the
+    arguments specialise as at the first launch: a plan fixes shapes, dtypes, integers and workspace, so only
+    the inputs' 16-byte alignment can change, and a call whose inputs are not all aligned takes the JIT path.
+
+    The reuse is raw where Triton's C launcher has the layout it was written for (Triton 3.6, RAW_LAYOUT): the
+    launcher itself, with every pointer as an int (its data_ptr() taken once for `fixed`), so the launcher
+    neither calls data_ptr() nor asks the driver about each pointer (cuPointerGetAttribute), and no Python
+    runner stands between. Elsewhere (another layout, a kernel needing scratch memory, a launch hook set) it
+    calls the compiled kernel's runner (`CompiledKernel[grid]`). Either way the grid is 3-D (the runner reads
+    grid[2], where the JIT fills it in; a 2-D grid raised IndexError on the H200). Should a reuse raise (nothing
+    has launched then: the arguments are parsed first), reuse is switched off for the process with one warning,
+    and the JIT path launches instead. The interpreter returns no compiled kernel: always the JIT path there."""
 
     enabled = True  # class-wide: cleared by the first direct launch that raises
 
-    def __init__(self, kernel: JITFunction, grid: tuple, constants: dict) -> None:
+    def __init__(self, kernel: JITFunction, grid: tuple, constants: dict, fixed: tuple = ()) -> None:
         self.kernel, self.grid, self.constants = kernel, tuple(grid) + (1,) * (3 - len(grid)), constants
+        self.fixed = fixed
         self.direct = None
-        self.tail: tuple = ()
 
-    def __call__(self, aligned: bool, *args) -> None:
+    def __call__(self, *inputs: Tensor) -> None:
+        pointers = [t.data_ptr() for t in inputs]
+        aligned = not reduce(operator.or_, pointers) % 16
         if aligned and self.direct is not None and Launcher.enabled:
             try:
-                self.direct(*args, *self.tail)
+                self.direct(*pointers)
                 return
             except Exception as err:  # noqa: BLE001 - any failure: fall back to the JIT, which launches the same
                 Launcher.enabled = False
                 warnings.warn(f"verify_triton: direct kernel launches failed ({err!r}); launching through Triton's "
                               "JIT from now on (correct, with more host time per call)", RuntimeWarning, stacklevel=2)
+        args = (*inputs, *self.fixed)
         compiled = self.kernel[self.grid](*args, **self.constants)
         if aligned and isinstance(compiled, CompiledKernel):
-            self.tail = tuple(self.constants[name] for name in self.kernel.arg_names[len(args):])
-            self.direct = compiled[self.grid]
+            tail = tuple(self.constants[name] for name in self.kernel.arg_names[len(args):])
+            self.direct = raw_launch(compiled, self.grid, inputs[0].device.index or 0, (*self.fixed, *tail))
 
 
-def aligned(*tensors: Tensor) -> bool:
-    """Every tensor's data 16-byte aligned, as Triton specialises pointers."""
-    address = 0
-    for t in tensors:
-        address |= t.data_ptr()
-    return address % 16 == 0
+# The C launcher's leading arguments in Triton 3.6 (nvidia/driver.py's _BASE_ARGS_FORMAT): grid x, y, z, stream,
+# function, cooperative, pdl, global scratch, profile scratch, kernel metadata, launch metadata, enter and exit hooks.
+RAW_LAYOUT = "iiiKKppOOOOOO"
+
+
+def raw_layout() -> str | None:
+    try:
+        from triton.backends.nvidia.driver import _BASE_ARGS_FORMAT
+    except ImportError:
+        return None
+    return _BASE_ARGS_FORMAT
+
+
+def current_stream(device: int) -> int:
+    """The device's current CUDA stream as an int, as Triton's runner asks for it (capture runs on a side one)."""
+    return torch._C._cuda_getCurrentRawStream(device)
+
+
+def raw_launch(compiled: CompiledKernel, grid: tuple, device: int, tail: tuple):
+    """A launch of `compiled` over `grid` taking the inputs' pointers (ints) then `tail` (tensors become their
+    pointers here, once): the C launcher called directly where its layout is RAW_LAYOUT, else the runner."""
+    run = compiled.run
+    launch = getattr(run, "launch", None)
+    hooks = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook  # HookChains in 3.6, None before
+    plain = (launch is not None and raw_layout() == RAW_LAYOUT and not any(getattr(h, "calls", h) for h in hooks)
+             and not getattr(run, "global_scratch_size", 1) and not getattr(run, "profile_scratch_size", 1))
+    if not plain:
+        runner = compiled[grid]
+        return lambda *pointers: runner(*pointers, *tail)
+    tail = tuple(a.data_ptr() if isinstance(a, Tensor) else a for a in tail)
+    gx, gy, gz = grid
+    function, cooperative, pdl, packed = (compiled.function, run.launch_cooperative_grid, run.launch_pdl,
+                                          compiled.packed_metadata)
+    return lambda *pointers: launch(gx, gy, gz, current_stream(device), function, cooperative, pdl, None, None,
+                                    packed, None, None, None, *pointers, *tail)
 
 
 class _ChainPlan:
@@ -905,34 +947,27 @@ class _ChainPlan:
         common = dict(V=vocab, STOCHASTIC=stochastic, CHUNK=shape.chunk, BLOCK_V=shape.block_v, num_warps=t.num_warps)
         constants = {k: v for k, v in shape.constants(stochastic).items() if k != "NBLK_P2"} | dict(
             CAP=cap, G1_P2=g1_p2, M=cap // nsplit_p2, NBINS=t.bins, SORT=t.sort, SEARCH=passes > 0)
-        self.first = (Launcher(_verify_kernel, (b, g1, shape.nsplit), constants),
-                      (part, part_arg, stats, argmax, flags, counters, cand, self.search),
-                      (b, g1 - 1, temperature, top_k, top_p))
+        outputs = self.outputs
+        self.launches = [Launcher(_verify_kernel, (b, g1, shape.nsplit), constants, (
+            *outputs, part, part_arg, stats, argmax, flags, counters, cand, self.search, b, g1 - 1, temperature, top_k,
+            top_p))]
         # The threshold searches the first kernel leaves to several programs: `passes` bisection steps per stage.
         search = common | dict(TOP_P=shape.top_p, BLOCK_S=min(t.block_search, shape.block_v), CAP=cap,
                                P_ROW=t.pivots_row, P_CAND=t.pivots_cand, P_SEARCH=t.pivots_search, NSPLIT_P2=nsplit_p2)
-        self.searches = [(Launcher(_search_kernel, (b, g1, shape.nsplit), search | dict(STAGE=stage)),
-                          (stats, argmax, flags, counters, cand, self.search, pivots, gather),
-                          (g1 - 1, temperature, top_p, int(step == passes - 1)))
-                         for stage in stages for step in range(passes)]
-        self.residual = None
+        self.launches += [Launcher(_search_kernel, (b, g1, shape.nsplit), search | dict(STAGE=stage), (
+            stats, argmax, flags, counters, cand, self.search, pivots, gather, g1 - 1, temperature, top_p,
+            int(step == passes - 1))) for stage in stages for step in range(passes)]
         if not shape.greedy:
-            self.residual = (Launcher(_residual_kernel, (b, shape.nsplit), common | dict(NBLK_P2=nblk_p2, G1_P2=g1_p2)),
-                             (stats, flags, counters[rows + b:], bsum), (g1 - 1, temperature))
+            residual = common | dict(NBLK_P2=nblk_p2, G1_P2=g1_p2)
+            self.launches.append(Launcher(_residual_kernel, (b, shape.nsplit), residual, (
+                *outputs, stats, flags, counters[rows + b:], bsum, g1 - 1, temperature)))
 
     def launch(self, logits: Tensor, draft_tokens: Tensor, draft_probs: Tensor | None,
                uniforms: Tensor) -> tuple[Tensor, Tensor]:
-        n_accepted, tokens = self.outputs
-        inputs = (logits, draft_tokens, logits if draft_probs is None else draft_probs, uniforms)
-        ok = aligned(*inputs)
-        kernel, workspace, args = self.first
-        kernel(ok, *inputs, n_accepted, tokens, *workspace, *args)
-        for kernel, workspace, args in self.searches:
-            kernel(ok, *inputs, *workspace, *args)
-        if self.residual is not None:
-            kernel, workspace, args = self.residual
-            kernel(ok, *inputs, n_accepted, tokens, *workspace, *args)
-        return n_accepted, tokens
+        probs = logits if draft_probs is None else draft_probs
+        for launch in self.launches:
+            launch(logits, draft_tokens, probs, uniforms)
+        return self.outputs
 
 
 _CHAIN_PLANS: dict[tuple, _ChainPlan] = {}
