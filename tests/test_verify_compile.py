@@ -105,6 +105,12 @@ def launch_every_wrapper() -> None:
         q = torch.randn(n, heads, dim).to(dtype)
         k, v = (torch.randn(kv_heads, span, dim).to(dtype) for _ in "kv")
         attention.launch(q, k, v, torch.arange(span - n, span), sms=132, upcast=False)
+    # The GEMV experiment's kernel in every launch shape the bench tries (flashspec/bench/gemv.py).
+    from flashspec.bench.gemv import CONFIGS
+    from flashspec.models.gemv import gemv_triton
+
+    for config in CONFIGS:
+        gemv_triton(torch.randn(1, 4096).to(torch.bfloat16), torch.randn(64, 4096).to(torch.bfloat16), config)
     # Token trees (ancestor bitmasks) of the SmolLM2 and 8B shapes, up to the static step's 32 nodes.
     for heads, kv_heads, dim, n in ((9, 3, 64, 7), (32, 8, 128, 32)):
         q = torch.randn(n, heads, dim).to(torch.bfloat16)

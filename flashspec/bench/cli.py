@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from flashspec.bench import ar, family, harness, latency, report, speculative, verifier
+from flashspec.bench import ar, family, gemv, harness, latency, report, speculative, verifier
 from flashspec.bench.context import START, Bench, log
 from flashspec.bench.measure import copy_bandwidth, watch_triton
 
@@ -29,7 +29,7 @@ STEPS = (  # (sections, seconds needed, CSV, step): most wanted first
     # h, d and b's timings before b's profile: the profiler leaves CUPTI attached, which slows every later launch
     ("h", 60, "harness", harness.harness), ("d", 60, "verifier", verifier.verifier),
     ("b", 0, "latency", latency.latency), ("b", 30, "profile", latency.profile),
-    ("b", 90, "variants", latency.variants),  # device-bound 8B replays: little slowed by CUPTI
+    ("b", 40, "gemv", gemv.gemv), ("b", 90, "variants", latency.variants),  # device-bound: little slowed by CUPTI
     ("c", 60, "speculative", speculative.speculative), ("a", 60, "ar", ar.hf), ("e", 60, "family", family.family),
 )
 
