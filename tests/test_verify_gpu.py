@@ -12,7 +12,7 @@ import torch
 from test_verify import SAMPLINGS, assert_same_outcome, make_inputs
 
 from flashspec.config import SamplingConfig
-from flashspec.verify import verify_reference, verify_triton
+from flashspec.verify import triton_kernel, verify_reference, verify_triton
 from flashspec.verify.triton_kernel import _CHAIN_PLANS, Launcher
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -40,7 +40,11 @@ def test_direct_launches_run_and_match_reference(mode: str, stochastic: bool) ->
         args = make_inputs(1, 8, 128256, sampling, stochastic, seed=seed, device="cuda")
         assert_same_outcome(verify_triton(*args[:3], sampling, args[3]), verify_reference(*args[:3], sampling, args[3]))
     assert Launcher.enabled
-    assert any(plan.first[0].direct is not None for plan in _CHAIN_PLANS.values())
+    first = [plan.launches[0] for plan in _CHAIN_PLANS.values() if plan.launches[0].direct is not None]
+    assert first
+    # Triton 3.6 (the lent H200's): the C launcher itself, every pointer an int (verify_triton's host work
+    # fell from 23 to 4 us a call with it).
+    assert triton_kernel.raw_layout() != triton_kernel.RAW_LAYOUT or all(launch.raw for launch in first)
 
 
 @pytest.mark.parametrize("vocab", [1000, 32000, 151936])

@@ -852,6 +852,7 @@ class Launcher:
         self.kernel, self.grid, self.constants = kernel, tuple(grid) + (1,) * (3 - len(grid)), constants
         self.fixed = fixed
         self.direct = None
+        self.raw = False  # whether `direct` calls the C launcher itself (raw_launch)
 
     def __call__(self, *inputs: Tensor) -> None:
         pointers = [t.data_ptr() for t in inputs]
@@ -868,7 +869,7 @@ class Launcher:
         compiled = self.kernel[self.grid](*args, **self.constants)
         if aligned and isinstance(compiled, CompiledKernel):
             tail = tuple(self.constants[name] for name in self.kernel.arg_names[len(args):])
-            self.direct = raw_launch(compiled, self.grid, inputs[0].device.index or 0, (*self.fixed, *tail))
+            self.direct, self.raw = raw_launch(compiled, self.grid, inputs[0].device.index or 0, (*self.fixed, *tail))
 
 
 # The C launcher's leading arguments in Triton 3.6 (nvidia/driver.py's _BASE_ARGS_FORMAT): grid x, y, z, stream,
@@ -891,7 +892,8 @@ def current_stream(device: int) -> int:
 
 def raw_launch(compiled: CompiledKernel, grid: tuple, device: int, tail: tuple):
     """A launch of `compiled` over `grid` taking the inputs' pointers (ints) then `tail` (tensors become their
-    pointers here, once): the C launcher called directly where its layout is RAW_LAYOUT, else the runner."""
+    pointers here, once), and whether it is raw: the C launcher called directly where its layout is RAW_LAYOUT,
+    else the runner."""
     run = compiled.run
     launch = getattr(run, "launch", None)
     hooks = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook  # HookChains in 3.6, None before
@@ -899,13 +901,13 @@ def raw_launch(compiled: CompiledKernel, grid: tuple, device: int, tail: tuple):
              and not getattr(run, "global_scratch_size", 1) and not getattr(run, "profile_scratch_size", 1))
     if not plain:
         runner = compiled[grid]
-        return lambda *pointers: runner(*pointers, *tail)
+        return (lambda *pointers: runner(*pointers, *tail)), False
     tail = tuple(a.data_ptr() if isinstance(a, Tensor) else a for a in tail)
     gx, gy, gz = grid
     function, cooperative, pdl, packed = (compiled.function, run.launch_cooperative_grid, run.launch_pdl,
                                           compiled.packed_metadata)
-    return lambda *pointers: launch(gx, gy, gz, current_stream(device), function, cooperative, pdl, None, None,
-                                    packed, None, None, None, *pointers, *tail)
+    return (lambda *pointers: launch(gx, gy, gz, current_stream(device), function, cooperative, pdl, None, None,
+                                     packed, None, None, None, *pointers, *tail)), True
 
 
 class _ChainPlan:
