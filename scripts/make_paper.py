@@ -18,8 +18,11 @@ PAPER = ROOT / "paper"
 # study folder -> sub-folder of paper/figures and paper/tables ("": the folders themselves), as main.tex reads them
 STUDIES = {"results/cpu/mt_bench_sweep": "", "results/cpu/drafter_study": "drafter_study",
            "results/gpu/smollm2/smollm2_main": "smollm2"}
-# studies with their own report script (scripts/bandit_report.py): study folder -> sub-folder, as above
-BANDIT_STUDIES = {"results/cpu/bandit_study/replay": "bandit_study"}
+# studies with their own report script (scripts/bandit_report.py): study folder -> sub-folder, as above, and what
+# its table's caption says of the target and the timing
+BANDIT_STUDIES = {"results/cpu/bandit_study/replay": ("bandit_study", "the family on a CPU, replayed on a cost model"),
+                  "results/gpu/smollm2/bandit_study": ("bandit_study_gpu", "SmolLM2-135M-Instruct on an H200, "
+                                                                           "wall clock")}
 
 
 def script(name: str):
@@ -37,24 +40,24 @@ def main(root: Path = ROOT, paper: Path = PAPER) -> list[Path]:
         written += plot.main(sweep, paper / "figures" / sub)
         written += tables.main(sweep, paper / "tables" / sub)
     report = script("bandit_report")
-    for study, sub in BANDIT_STUDIES.items():
+    for study, (sub, what) in BANDIT_STUDIES.items():
         out = paper / "tables" / sub
         written += report.main(root / study, out, paper / "figures" / sub)
-        written += bandit_latex(tables, out)
+        written += bandit_latex(tables, out, what)
     print(f"paper/: {len(written)} files from {', '.join([*STUDIES, *BANDIT_STUDIES])}")
     return written
 
 
-def bandit_latex(tables, out: Path) -> list[Path]:
+def bandit_latex(tables, out: Path, what: str) -> list[Path]:
     """The bandit table's held-out half as LaTeX, in make_tables' format (main.tex inputs it)."""
     table = pd.read_csv(out / "bandit_table.csv")
     held = table[table["split"] == "heldout"].set_index("method")
     held = held[["speedup", "min", "max", "vs best fixed", "vs oracle", "exploring steps / request"]]
-    caption = ("Bandit study, held-out half of the mixed workload: speedup over autoregressive decoding (mean "
-               "over seeds, min, max), against the best fixed arm in hindsight and the per-prompt oracle, and "
-               "steps per request spent off the prompt's oracle arm.")
+    caption = (f"Bandit study ({what}), held-out half of the mixed workload: speedup over autoregressive "
+               "decoding (mean over seeds, min, max), against the best fixed arm in hindsight and the per-prompt "
+               "oracle, and steps per request spent off the prompt's oracle arm.")
     path = out / "bandit_table.tex"
-    path.write_text(tables.latex(held.sort_values("speedup", ascending=False), caption, "bandit_study"))
+    path.write_text(tables.latex(held.sort_values("speedup", ascending=False), caption, out.name))
     return [path]
 
 
