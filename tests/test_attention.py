@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from flashspec.models.attention import (
-    ancestor_bits,
     decode_attention_reference,
     decode_attention_triton,
     tiling,
+    tree_paths,
     visible_slots,
 )
-from flashspec.models.base import tree_mask
+from flashspec.models.base import tree_depths, tree_mask
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
@@ -84,7 +84,7 @@ TREE = torch.tensor([-1, -1, 0, 0, 1, 2, 5])  # two roots, a fork under the firs
 def test_a_tree_sees_the_cache_before_it_and_its_ancestors():
     """A tree of 7 nodes in slots 40..46: node i sees slots 0..39 and its ancestors' slots, nothing else."""
     positions = torch.arange(40, 47)
-    mask = visible_slots(positions, ancestor_bits(tree_mask(TREE)), 64)
+    mask = visible_slots(positions, tree_paths(TREE), 64)
     want = torch.zeros(7, 64, dtype=torch.bool)
     want[:, :40] = True
     want[:, 40:47] = tree_mask(TREE)
@@ -93,17 +93,46 @@ def test_a_tree_sees_the_cache_before_it_and_its_ancestors():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_tree_rows_match_the_reference(dtype):
-    """The kernel behind a tree's ancestor bits against SDPA behind the same mask, past poisoned slots; and a
-    chain's mask would give other rows (so the bits are read)."""
+    """The kernel behind a tree's paths against SDPA behind the same mask, past poisoned slots; and a chain's
+    mask would give other rows (so the paths are read)."""
     q, k, v = inputs(7, 9, 3, 64, 200, dtype, seed=11)
     positions = torch.arange(120, 127, device=DEVICE)
-    bits = ancestor_bits(tree_mask(TREE)).to(DEVICE)
-    out = decode_attention_triton(q, poisoned(k, 127), poisoned(v, 127), positions, bits)
-    want = decode_attention_reference(q.float(), k.float(), v.float(), positions, bits)
+    paths = tree_paths(TREE).to(DEVICE)
+    out = decode_attention_triton(q, poisoned(k, 127), poisoned(v, 127), positions, paths)
+    want = decode_attention_reference(q.float(), k.float(), v.float(), positions, paths)
     assert rel_err(out, want) < (1e-5 if dtype == "float32" else 1e-2)
     chain = decode_attention_reference(q.float(), k.float(), v.float(), positions)
     assert torch.allclose(out[0].float(), chain[0], atol=1e-2)  # node 0 sees the same slots either way
     assert all(rel_err(out[i], chain[i]) > 1e-3 for i in range(1, 7)), [rel_err(out[i], chain[i]) for i in range(7)]
+
+
+def test_tree_paths_list_each_nodes_ancestors_root_first():
+    assert tree_paths(TREE).tolist() == [[0, -1, -1, -1, -1, -1, -1], [1, -1, -1, -1, -1, -1, -1],
+                                         [0, 2, -1, -1, -1, -1, -1], [0, 3, -1, -1, -1, -1, -1],
+                                         [1, 4, -1, -1, -1, -1, -1], [0, 2, 5, -1, -1, -1, -1],
+                                         [0, 2, 5, 6, -1, -1, -1]]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("start", [40, 62])  # a path inside one 64-slot tile and split, and one across two
+def test_a_tree_node_attends_as_the_one_token_step_at_its_position(dtype, start):
+    """Bit for bit: node i's row equals the one-token step at its position over a cache holding its ancestors
+    in the slots right after the prefix (what decoding its path one token at a time leaves there), so a kept path
+    continues exactly as autoregressive decoding would have. Reading the nodes where the block put them (with a
+    gap for every other branch) sums in another order and fails this."""
+    n = len(TREE)
+    q, k, v = inputs(n, 9, 3, 64, 256, dtype, seed=start)
+    positions = torch.arange(start, start + n, device=DEVICE)
+    tree = decode_attention_triton(q, k, v, positions, tree_paths(TREE).to(DEVICE))
+    for i, path in enumerate(tree_paths(TREE).tolist()):
+        path = [j for j in path if j >= 0]
+        laid = [c.clone() for c in (k, v)]
+        for depth, j in enumerate(path):
+            for cache, source in zip(laid, (k, v), strict=True):
+                cache[:, start + depth] = source[:, start + j]
+        at = torch.tensor([start + len(path) - 1], device=DEVICE)
+        assert torch.equal(tree[i], decode_attention_triton(q[i : i + 1], *laid, at)[0]), (i, path)
+    assert int(tree_depths(TREE).max()) == 4  # the deepest path: 4 nodes
 
 
 def test_one_set_of_tensors_serves_every_length():
@@ -152,9 +181,9 @@ def test_kernel_is_one_opaque_op_under_compile():
     (((1, 6, 32), (4, 64, 32), (1,)), "multiple of Hkv"),
     (((1, 4, 32), (2, 64, 16), (1,)), "head sizes must match"),
     (((2, 4, 32), (2, 64, 32), (1,)), "one per query row"),
-    (((2, 4, 32), (2, 64, 32), (2,), (3,)), "ancestors must be"),
+    (((2, 4, 32), (2, 64, 32), (2,), (3, 3)), "paths must be"),
 ])
 def test_bad_shapes_are_refused_with_one_clear_line(shapes, match):
     q, cache, positions, *ancestors = (torch.zeros(s, device=DEVICE) for s in shapes)
     with pytest.raises(ValueError, match=match):
-        decode_attention_triton(q, cache, cache, positions.long(), *(a.long() for a in ancestors))
+        decode_attention_triton(q, cache, cache, positions.long(), *(a.int() for a in ancestors))

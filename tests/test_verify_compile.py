@@ -96,7 +96,6 @@ def launch_every_wrapper() -> None:
         verify_tree_triton(logits, tokens, parents, probs, sampling, torch.rand(n + 1, generator=g), GPU)
     # Decode attention (no sampling modes): the H200's 132 SMs, the dtypes, head sizes and block lengths it meets.
     from flashspec.models import attention
-    from flashspec.models.base import tree_mask
 
     # 2048 slots: the 32 splits of the 8B and SmolLM2 shapes on the H200; a 64-slot cache has one split.
     cases = ((torch.bfloat16, 128, 32, 8, 1, 2048), (torch.bfloat16, 64, 9, 3, 9, 2048),
@@ -115,8 +114,8 @@ def launch_every_wrapper() -> None:
     for heads, kv_heads, dim, n in ((9, 3, 64, 7), (32, 8, 128, 32)):
         q = torch.randn(n, heads, dim).to(torch.bfloat16)
         k, v = (torch.randn(kv_heads, 2048, dim).to(torch.bfloat16) for _ in "kv")
-        ancestors = attention.ancestor_bits(tree_mask(torch.tensor([i // 2 - 1 for i in range(n)])))
-        attention.launch(q, k, v, torch.arange(100, 100 + n), sms=132, upcast=False, ancestors=ancestors)
+        paths = attention.tree_paths(torch.tensor([i // 2 - 1 for i in range(n)]))
+        attention.launch(q, k, v, torch.arange(100, 100 + n), sms=132, upcast=False, paths=paths)
 
 
 def compile_launch(fn, args: tuple, kwargs: dict) -> None:

@@ -3,10 +3,12 @@ its PyTorch reference.
 
 A decoding block of n query rows in cache slots `positions` (a device tensor) attends to the cache: row i sees
 the slots <= positions[i], so the block is causal within itself and the used length is max(positions) + 1.
-A token tree (`ancestors` given, one int64 bit set per ancestor) sees the slots before the block and, within
-it, its own ancestors and itself: the same kernel, so tree nodes are scored as chain rows are (float32 sums
-in one order), not by SDPA behind a mask. Neither function reads a Python number off the device, so one
-captured CUDA graph serves every length.
+A token tree (`paths` given: each node's ancestors, itself last, as block rows) sees the slots before the block
+and its ancestors' slots, as autoregressive decoding would have laid them out: the kernel reads node i's
+ancestors as if they sat in the slots right after the cache, in the tiles and splits of a one-token step at
+its position, so a node's attention is the autoregressive step's to the bit (one token per program, its own
+used length) and a kept path continues exactly as decoding one token at a time would have. Neither function
+reads a Python number off the device, so one captured CUDA graph serves every length.
 
 The reference runs SDPA over the whole cache behind a mask. The kernel reads only the used length: a grid of
 (KV head, split, query block) programs, with the used length cut into at most `max_splits` splits of whole
@@ -36,28 +38,36 @@ INTERPRETER_SMS = 4  # on the CPU (Triton's interpreter): a few splits, so tests
 
 
 def decode_attention_reference(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, ancestors: Tensor | None = None
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, paths: Tensor | None = None
 ) -> Tensor:
     """q [n, H, D] in slots `positions` [n] over the cache [Hkv, S, D] -> [n, H, D]; row i sees slots <=
-    positions[i], or with `ancestors` those before the block and its ancestors' (visible_slots)."""
-    return grouped_attention(q, k_cache, v_cache, visible_slots(positions, ancestors, k_cache.shape[1]))
+    positions[i], or with `paths` those before the block and its ancestors' (visible_slots)."""
+    return grouped_attention(q, k_cache, v_cache, visible_slots(positions, paths, k_cache.shape[1]))
 
 
-def visible_slots(positions: Tensor, ancestors: Tensor | None, span: int) -> Tensor:
+def visible_slots(positions: Tensor, paths: Tensor | None, span: int) -> Tensor:
     """[n, span] bool: the cache slots each row sees. A chain's row i: slots <= positions[i]. A tree's, whose rows
-    fill the slots start .. start + n - 1 in order: the slots before start, and start + j for every bit j set
-    in ancestors[i] (its ancestors and itself; trees of at most 63 nodes)."""
+    fill the slots start .. start + n - 1 in order: the slots before start, and start + j for every block row j
+    on paths[i] (its ancestors and itself)."""
     slots = torch.arange(span, device=positions.device)[None, :]
-    if ancestors is None:
+    if paths is None:
         return slots <= positions[:, None]
-    start = positions - torch.arange(len(positions), device=positions.device)
-    rel = slots - start[:, None]
-    return (rel < 0) | ((ancestors[:, None] >> rel.clamp(0, 62)) & 1).bool()
+    n = len(positions)
+    rows = torch.arange(n, device=positions.device)
+    on_path = (paths[:, :, None] == rows[None, None, :]).any(1)  # [n, n]: row j is on row i's path
+    rel = slots - (positions - rows)[:, None]
+    return (rel < 0) | ((rel < n) & on_path.gather(1, rel.clamp(0, n - 1)))
 
 
-def ancestor_bits(mask: Tensor) -> Tensor:
-    """[n] int64 from a tree's [n, n] ancestor mask (models.base.tree_mask): bit j of row i set iff i sees j."""
-    return (mask.long() << torch.arange(mask.shape[1])).sum(1)
+def tree_paths(parents: Tensor) -> Tensor:
+    """[n, n] int32: row i lists node i's ancestors from the root down, itself last, then -1 (parents precede
+    their children; -1: a root)."""
+    n = len(parents)
+    paths = torch.full((n, n), -1, dtype=torch.int32)
+    for i, p in enumerate(parents.tolist()):
+        path = [*paths[p, : int((paths[p] >= 0).sum())].tolist(), i] if p >= 0 else [i]
+        paths[i, : len(path)] = torch.tensor(path, dtype=torch.int32)
+    return paths
 
 
 def grouped_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tensor:
@@ -92,28 +102,37 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _decode_attention_split(
-    q_ptr, k_ptr, v_ptr, pos_ptr, anc_ptr, acc_ptr, ml_ptr, n, rep, max_splits, qk_scale,
+    q_ptr, k_ptr, v_ptr, pos_ptr, path_ptr, acc_ptr, ml_ptr, n, rep, max_splits, qk_scale,
     stride_qt, stride_qh, stride_qd, stride_kh, stride_ks, stride_kd, stride_vh, stride_vs, stride_vd,
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     N_P2: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, TREE: tl.constexpr,
 ):
     """One split of one KV head for BLOCK_M query rows (row = token * rep + head within the group): the
-    unnormalised output, the running max (log2 units) and the softmax sum over the split's slots. TREE: the
-    rows see the slots before the block and their ancestors' (anc_ptr's bits), not every slot up to theirs."""
+    unnormalised output, the running max (log2 units) and the softmax sum over the split's slots. TREE: one
+    token per program (axis 2), which reads the slots before the block, then its ancestors (path_ptr's row of
+    block rows, itself last) as if they followed them: the tiles, splits and sums of a one-token step."""
     kvh = tl.program_id(0)
     split = tl.program_id(1)
-    rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
-    used, per_split = _split_size(pos_ptr, n, max_splits, N_P2, BLOCK_N)
+    lane = tl.arange(0, BLOCK_M)
+    if TREE:
+        t = tl.program_id(2)
+        rows = t * rep + lane
+        token = t + lane * 0
+        live = lane < rep
+        first = tl.load(pos_ptr + t).to(tl.int32) - t  # the block's first slot: row i is in slot first + i
+        j = tl.arange(0, N_P2)
+        depth = tl.sum((tl.load(path_ptr + t * n + j, mask=j < n, other=-1) >= 0).to(tl.int32), 0)
+        used = first + depth  # the one-token step's: the cache, then the path
+        per_split = tl.cdiv(tl.cdiv(used, max_splits), BLOCK_N) * BLOCK_N
+    else:
+        rows = tl.program_id(2) * BLOCK_M + lane
+        token = rows // rep
+        live = rows < n * rep
+        used, per_split = _split_size(pos_ptr, n, max_splits, N_P2, BLOCK_N)
     lo = split * per_split
     hi = tl.minimum(lo + per_split, used)  # lo >= hi past the used length: no iterations, no stores
-
-    token = rows // rep
     head = kvh * rep + rows % rep
-    live = rows < n * rep
     pos = tl.load(pos_ptr + token, mask=live, other=-1).to(tl.int32)  # padding rows see nothing
-    if TREE:
-        anc = tl.load(anc_ptr + token, mask=live, other=0).to(tl.int64)  # padding rows: no bits, nothing seen
-        first = pos - token  # the block's first slot: row i is in slot first + i
     d = tl.arange(0, D_PAD)
     q = tl.load(q_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :] * stride_qd,
                 mask=live[:, None] & (d[None, :] < D), other=0.0)
@@ -124,18 +143,19 @@ def _decode_attention_split(
     sum_p = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     for start in range(lo, hi, BLOCK_N):
-        slot = start + tl.arange(0, BLOCK_N)
-        inside = (slot[:, None] < hi) & (d[None, :] < D)  # never load past the split: unused slots stay unread
-        k = tl.load(k_base + slot[:, None] * stride_ks + d[None, :] * stride_kd, mask=inside, other=0.0)
-        v = tl.load(v_base + slot[:, None] * stride_vs + d[None, :] * stride_vd, mask=inside, other=0.0)
-        s = _dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale
-        if TREE:
-            rel = slot[None, :] - first[:, None]
-            bit = (anc[:, None] >> tl.minimum(tl.maximum(rel, 0), 62).to(tl.int64)) & 1
-            seen = ((rel < 0) & live[:, None]) | (bit != 0)
+        slot = start + tl.arange(0, BLOCK_N)  # a tree's: where the one-token step would find them
+        where = slot
+        if TREE:  # the path's block rows, past the cache
+            rel = slot - first
+            on_path = (rel >= 0) & (rel < depth)
+            where = tl.where(rel < 0, slot, first + tl.load(path_ptr + t * n + rel, mask=on_path, other=0))
+            seen = live[:, None] & (slot[None, :] < hi)
         else:
-            seen = slot[None, :] <= pos[:, None]
-        seen = seen & (slot[None, :] < hi)
+            seen = (slot[None, :] <= pos[:, None]) & (slot[None, :] < hi)
+        inside = (slot[:, None] < hi) & (d[None, :] < D)  # never load past the split: unused slots stay unread
+        k = tl.load(k_base + where[:, None] * stride_ks + d[None, :] * stride_kd, mask=inside, other=0.0)
+        v = tl.load(v_base + where[:, None] * stride_vs + d[None, :] * stride_vd, mask=inside, other=0.0)
+        s = _dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale
         s = tl.where(seen, s, -float("inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)  # a row that has seen nothing yet stays at 0
@@ -150,7 +170,7 @@ def _decode_attention_split(
     part = (kvh * max_splits + split) * M_PAD + rows
     tl.store(ml_ptr + part * 2, m, mask=live)
     tl.store(ml_ptr + part * 2 + 1, sum_p, mask=live)
-    inside_used = rows < tl.where(lo < used, n * rep, 0)
+    inside_used = live & (lane * 0 + lo < used)  # a vector compare: the interpreter rejects scalar & vector masks
     tl.store(acc_ptr + part[:, None] * D_PAD + d[None, :], acc, mask=inside_used[:, None])
 
 
@@ -182,7 +202,7 @@ def sm_count(device: torch.device) -> int:
     return INTERPRETER_SMS
 
 
-def check_inputs(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, ancestors: Tensor | None) -> None:
+def check_inputs(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, paths: Tensor | None) -> None:
     """One clear line for each way the kernel's inputs can be wrong (host metadata only: no device reads)."""
     if q.dim() != 3 or k_cache.dim() != 3 or k_cache.shape != v_cache.shape:
         raise ValueError(f"decode attention takes q [n, H, D] and caches [Hkv, S, D] of one shape: got "
@@ -193,10 +213,10 @@ def check_inputs(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor,
     if positions.shape != (q.shape[0],) or positions.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"positions must be [n] int32/int64, one per query row: got {tuple(positions.shape)} "
                          f"{positions.dtype}")
-    if ancestors is not None and (ancestors.shape != positions.shape or ancestors.dtype != torch.int64
-                                  or len(ancestors) > 63):
-        raise ValueError(f"ancestors must be [n] int64 bitmasks, one per query row, n <= 63: got "
-                         f"{tuple(ancestors.shape)} {ancestors.dtype}")
+    n = len(positions)
+    if paths is not None and (paths.shape != (n, n) or paths.dtype != torch.int32):
+        raise ValueError(f"paths must be [n, n] int32, each query row's ancestors (tree_paths): got "
+                         f"{tuple(paths.shape)} {paths.dtype} for {n} rows")
     if q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("the Triton decode attention runs on CUDA, or on the CPU with TRITON_INTERPRET=1 set "
                          "before triton is imported: use the reference on the CPU")
@@ -217,24 +237,27 @@ def tiling(rows: int, dim: int, kv_heads: int, span: int, sms: int) -> tuple[int
 
 @torch.library.custom_op("flashspec::decode_attention", mutates_args=())
 def decode_attention_triton(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, ancestors: Tensor | None = None
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, paths: Tensor | None = None
 ) -> Tensor:
     """decode_attention_reference's result, reading only the used part of the cache (see the module doc).
     A custom op, so torch.compile calls it as one opaque op instead of tracing into the launches."""
-    check_inputs(q, k_cache, v_cache, positions, ancestors)
-    return launch(q, k_cache, v_cache, positions, sm_count(q.device), upcast=q.device.type == "cpu",
-                  ancestors=ancestors)
+    check_inputs(q, k_cache, v_cache, positions, paths)
+    return launch(q, k_cache, v_cache, positions, sm_count(q.device), upcast=q.device.type == "cpu", paths=paths)
 
 
 def launch(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, sms: int, upcast: bool,
-           ancestors: Tensor | None = None) -> Tensor:
+           paths: Tensor | None = None) -> Tensor:
     """The two launches for a device of `sms` multiprocessors; `upcast`: float32 dots (the interpreter's).
-    Apart from the custom op, so tests/test_verify_compile.py can record the GPU's launches on any machine."""
+    Apart from the custom op, so tests/test_verify_compile.py can record the GPU's launches on any machine.
+    A tree's nodes get a one-token step's tiling each (its tile, warps and splits), one program per node."""
     n, heads, dim = q.shape
     kv_heads = k_cache.shape[0]
     rep = heads // kv_heads
-    d_pad, block_m, block_n, m_blocks, max_splits = tiling(n * rep, dim, kv_heads, k_cache.shape[1], sms)
-    m_pad = m_blocks * block_m
+    d_pad, block_m, block_n, m_blocks, max_splits = tiling((1 if paths is not None else n) * rep, dim, kv_heads,
+                                                           k_cache.shape[1], sms)
+    if paths is not None:
+        m_blocks = n
+    m_pad = max(m_blocks * block_m, n * rep)
     acc = torch.empty(kv_heads, max_splits, m_pad, d_pad, dtype=torch.float32, device=q.device)
     ml = torch.empty(kv_heads, max_splits, m_pad, 2, dtype=torch.float32, device=q.device)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -243,9 +266,9 @@ def launch(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, sms: 
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     qk_scale = dim**-0.5 * 1.4426950408889634  # softmax in base 2: exp(x) = exp2(x * log2(e))
     _decode_attention_split[(kv_heads, max_splits, m_blocks)](
-        q, k_cache, v_cache, positions, positions if ancestors is None else ancestors.contiguous(), acc, ml, n, rep,
+        q, k_cache, v_cache, positions, positions if paths is None else paths.contiguous(), acc, ml, n, rep,
         max_splits, qk_scale, *q.stride(), *k_cache.stride(), *v_cache.stride(), D=dim, D_PAD=d_pad, M_PAD=m_pad,
-        BLOCK_M=block_m, BLOCK_N=block_n, N_P2=n_p2, PRECISION=precision, UPCAST=upcast, TREE=ancestors is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n, N_P2=n_p2, PRECISION=precision, UPCAST=upcast, TREE=paths is not None,
         num_warps=4 if block_m <= 16 else 8, num_stages=2,  # no register spills on sm_90 (ptxas, Triton 3.9)
     )
     _decode_attention_combine[(n, heads)](
@@ -256,7 +279,7 @@ def launch(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, sms: 
 
 
 @decode_attention_triton.register_fake
-def _(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, ancestors: Tensor | None = None) -> Tensor:
+def _(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, paths: Tensor | None = None) -> Tensor:
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 

@@ -10,9 +10,9 @@ into fixed device buffers, so nothing in the step reads a Python number off the 
 (`attention.py`) takes the used length from the positions on the device: on CUDA a split-KV Triton kernel
 that reads only the filled part of the cache, on the CPU the reference (SDPA over the cache behind a mask).
 A tree's block writes its nodes to the slots after the cache, rotates them by depth, and attends through the
-same kernel to the cache before it and its ancestors (one int64 bitmask per node, a fixed [n] buffer), so tree
-arms decode through the same captured, compiled layers, and the same float32 attention sums, as chains and
-autoregressive steps.
+same kernel to the cache before it and its ancestors (each node's path, a fixed [n, n] buffer), read as a
+one-token step would find them, so tree arms decode through the same captured, compiled layers as chains and
+autoregressive steps, and a node's attention is the autoregressive step's to the bit.
 On CUDA each n is captured once as a CUDA graph and replayed, the layer is compiled (one compiled layer
 serves all of them), and q/k/v and gate/up each run as one matmul; on the CPU the same static forward runs
 uncaptured, which is how tests check it against the eager path.
@@ -29,7 +29,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from flashspec.models.attention import IMPLEMENTATIONS, ancestor_bits, grouped_attention
+from flashspec.models.attention import IMPLEMENTATIONS, grouped_attention, tree_paths
 from flashspec.models.base import CausalLM, Scores, tree_depths, tree_mask
 from flashspec.models.fidelity import rope_limit
 
@@ -49,7 +49,7 @@ class Step:
     tokens: Tensor  # [n] int64, written before each call
     positions: Tensor  # [n] int64, written before each call: the rotary positions
     slots: Tensor  # [n] int64, the cache slots written: the positions, or after the cache for a tree's nodes
-    ancestors: Tensor | None = None  # [n] int64 for a tree: bit j of node i set iff j is i or an ancestor
+    paths: Tensor | None = None  # [n, n] int32 for a tree: node i's ancestors and itself (attention.tree_paths)
     logits: Tensor | None = None  # [n, V] outputs of the last call (the graph's own buffers once captured)
     hidden: Tensor | None = None
     layer_hidden: Tensor | None = None
@@ -184,7 +184,7 @@ class NativeLlama(CausalLM):
         if parents is not None:
             parents = parents.cpu()
             step.positions.copy_(start - 1 + tree_depths(parents), non_blocking=True)
-            step.ancestors.copy_(ancestor_bits(tree_mask(parents)), non_blocking=True)
+            step.paths.copy_(tree_paths(parents), non_blocking=True)
         if step.graph is not None:
             step.graph.replay()
         elif self.capture:
@@ -203,8 +203,8 @@ class NativeLlama(CausalLM):
         if key not in self.steps:
             tokens, positions = self.cache_positions[:n].clone(), self.cache_positions[:n].clone()
             slots = self.cache_positions[:n].clone() if tree else positions
-            ancestors = self.cache_positions[:n].clone() if tree else None
-            self.steps[key] = Step(tokens, positions, slots, ancestors)
+            paths = torch.zeros(n, n, dtype=torch.int32, device=self.device) if tree else None
+            self.steps[key] = Step(tokens, positions, slots, paths)
         return self.steps[key]
 
     def _capture(self, step: Step) -> None:
@@ -222,12 +222,12 @@ class NativeLlama(CausalLM):
 
     def _decode(self, step: Step) -> tuple[Tensor, Tensor, Tensor | None]:
         """Logits, hidden states and captured layer input of the block, every shape fixed by its length."""
-        tokens, positions, slots, ancestors = step.tokens, step.positions, step.slots, step.ancestors
+        tokens, positions, slots, paths = step.tokens, step.positions, step.slots, step.paths
         dynamic = self.compiled and len(tokens) > 1  # one compiled version for every n > 1 (n = 1 gets its own)
         if dynamic:
-            for t in (tokens, positions, slots, ancestors):
-                if t is not None:
-                    torch._dynamo.maybe_mark_dynamic(t, 0)
+            for t, dims in ((tokens, (0,)), (positions, (0,)), (slots, (0,)), (paths, (0, 1))):
+                for dim in dims if t is not None else ():
+                    torch._dynamo.maybe_mark_dynamic(t, dim)
         x, delta, cos, sin = self.embed(tokens, positions)
         masks = self._window_masks(positions)  # trees take the static step only without windows: None then
         if dynamic:
@@ -238,7 +238,7 @@ class NativeLlama(CausalLM):
         for i, parts in enumerate(zip(self.model.model.layers, self.fused, self.k_cache, self.v_cache, strict=True)):
             if i in self.captured:
                 captured.append((x + delta)[0])
-            x, delta = self.layer(*parts, x, delta, cos, sin, masks[i], slots, ancestors)
+            x, delta = self.layer(*parts, x, delta, cos, sin, masks[i], slots, paths)
         logits, hidden = self.head(x, delta)
         return logits, hidden, torch.cat(captured, -1) if captured else None
 
@@ -257,12 +257,12 @@ class NativeLlama(CausalLM):
 
     def _layer(
         self, layer: nn.Module, fused: tuple, k_cache: Tensor, v_cache: Tensor, x: Tensor, delta: Tensor,
-        cos: Tensor, sin: Tensor, mask: Tensor | None, slots: Tensor, ancestors: Tensor | None,
+        cos: Tensor, sin: Tensor, mask: Tensor | None, slots: Tensor, paths: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """One decoder layer on the residual stream x + delta; returns the stream after attention and the MLP's
         output (the next layer's delta). A pure function of its inputs, so compiling it once serves every layer.
         The block's keys and values go to `slots`. Token i sees the cache slots up to slots[i] (the slots after
-        the block hold stale entries or nothing); with `ancestors` (a tree), those before the block and its
+        the block hold stale entries or nothing); with `paths` (a tree), those before the block and its
         ancestors'; with `mask` (a sliding window), the slots it marks."""
         attn, mlp = layer.self_attn, layer.mlp
         qkv, qkv_bias, gate_up, gate_up_bias = fused
@@ -278,7 +278,7 @@ class NativeLlama(CausalLM):
         k_cache.index_copy_(1, slots, k[0].transpose(0, 1))
         v_cache.index_copy_(1, slots, v.view(n, self.n_kv_heads, self.head_dim).transpose(0, 1))
         if mask is None:
-            out = self.decode_attention(q[0], k_cache, v_cache, slots, ancestors)
+            out = self.decode_attention(q[0], k_cache, v_cache, slots, paths)
         else:
             out = grouped_attention(q[0], k_cache, v_cache, mask)
         x = x + attn.o_proj(out.view(1, n, -1))
