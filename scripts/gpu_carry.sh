@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 CACHE=${FLASHSPEC_CACHE:-$HOME/.cache/flashspec}
 GGUF=${1:-$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf}
 LIMIT=$((64 * 1024 * 1024))
-MARGIN=${MARGIN:-1000000}  # room for files added before the session
+MARGIN=${MARGIN:-3000000}  # room for files added before the session (1 MB was too little on 2026-12-02)
 [ -f "$GGUF" ] || { echo "error: $GGUF does not exist: run python scripts/fetch_smollm2.py first" >&2; exit 1; }
 ls .whl/*.whl >/dev/null 2>&1 || { echo "error: no wheels in .whl/: docs/gpu.md says which to download" >&2; exit 1; }
 
@@ -48,4 +48,5 @@ fi
 last=$(printf %02d "$n")
 echo "run(carry=[\".gpu/parts/p.$last\"], command=\"COMMIT=\$C scripts/gpu_session.sh part $last model smollm2 main weights\")"
 echo "run(command=\"COMMIT=\$C scripts/gpu_session.sh smollm2 bandit\")"
+echo "run(command=\"COMMIT=\$C scripts/gpu_session.sh smollm2 replay\")"
 echo "run(command=\"COMMIT=\$C scripts/gpu_session.sh smollm2 rest\")"

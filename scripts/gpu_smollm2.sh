@@ -8,6 +8,10 @@
 #   bash scripts/gpu_smollm2.sh train    # the drafters alone (what bandit and rest need when main did not run)
 #   bash scripts/gpu_smollm2.sh bandit   # bandit_study_gpu: 4 policies x 2 scopes x seeds 0,1, then AR and
 #                                        # each arm fixed, on the first 32 prompts of the mix (16 tune, 16 held out)
+#   bash scripts/gpu_smollm2.sh replay   # bandit_study_gpu's replay (scripts/bandit_replay.py collect): every arm's
+#                                        # draft and verdict at every step of the first 32 prompts, and the cost
+#                                        # model, timed on the GPU; the policies are then played off the GPU
+#                                        # (simulate, then scripts/bandit_report.py), free of the wall clock's noise
 #   bash scripts/gpu_smollm2.sh rest     # smollm2_main's UCB1, Thompson and Hedge over all arms at gamma [2,4,8],
 #                                        # and transformers' baselines (static cache, assisted, prompt lookup)
 # Every stage runs under `timeout`: a slow one loses its last runs (complete runs are kept, and relaunching
@@ -43,6 +47,7 @@ MAIN_SWEEP=${MAIN_SWEEP:-bandit=none,fixed}  # which of them (e.g. "bandit=none,
 TARGET=${FLASHSPEC_CACHE:-$HOME/.cache/flashspec}/smollm2-135m-instruct
 MAIN=outputs/experiments/smollm2_main
 MIX=outputs/experiments/bandit_study_gpu
+REPLAY=outputs/experiments/bandit_replay_gpu
 DRAFTERS="draft_model=$MODELS/flashspec-draft medusa_model=$MODELS/flashspec-medusa \
 eagle_model=$MODELS/flashspec-eagle streaming_model=$MODELS/flashspec-streaming"
 COMMON="hardware=$HARDWARE max_new_tokens=$NEW progress=false target.model=$TARGET $DRAFTERS $EXTRA"
@@ -80,12 +85,16 @@ case $STAGE in
     box 300 $PYTHON run.py -m $BANDIT sampling.seed=0,1 bandit.arm=0
     box 150 $PYTHON run.py -m $BANDIT bandit=none,fixed sampling.seed=0 bandit.scope=request
     pack bandit_study_gpu "$MIX" ;;
+  replay)
+    box 420 $PYTHON scripts/bandit_replay.py collect "$REPLAY" experiment=bandit_study_gpu $COMMON \
+      dataset.limit=$MIX_LIMIT
+    pack bandit_replay_gpu "$REPLAY" ;;
   rest)
     box 130 $PYTHON run.py -m $SMOL method=flashspec bandit=ucb1,thompson,hedge bandit.arm=0 'gamma=[2,4,8]' \
       bandit.costs=$MAIN/costs.json  # UCB1's cost model: measured once, then read by every dataset's run
     box 320 $PYTHON run.py -m $SMOL method=hf_eager,hf_static,hf_assisted,hf_prompt_lookup bandit=none bandit.arm=0 gamma=4
     pack smollm2_main_rest "$MAIN" ;;
   *)
-    echo "usage: OUT=<folder> bash scripts/gpu_smollm2.sh train|main|bandit|rest" >&2
+    echo "usage: OUT=<folder> bash scripts/gpu_smollm2.sh train|main|bandit|replay|rest" >&2
     exit 2 ;;
 esac
