@@ -27,6 +27,7 @@ import functools
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import triton
@@ -61,13 +62,15 @@ def visible_slots(positions: Tensor, paths: Tensor | None, span: int) -> Tensor:
 
 def tree_paths(parents: Tensor) -> Tensor:
     """[n, n] int32: row i lists node i's ancestors from the root down, itself last, then -1 (parents precede
-    their children; -1: a root)."""
-    n = len(parents)
-    paths = torch.full((n, n), -1, dtype=torch.int32)
+    their children; -1: a root). Python lists, then one NumPy array (not a tensor built element by element):
+    it runs on the host on every tree step."""
+    n, paths = len(parents), []
     for i, p in enumerate(parents.tolist()):
-        path = [*paths[p, : int((paths[p] >= 0).sum())].tolist(), i] if p >= 0 else [i]
-        paths[i, : len(path)] = torch.tensor(path, dtype=torch.int32)
-    return paths
+        paths.append([*paths[p], i] if p >= 0 else [i])
+    table = np.full((n, n), -1, dtype=np.int32)
+    for i, path in enumerate(paths):
+        table[i, : len(path)] = path
+    return torch.from_numpy(table)
 
 
 def grouped_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tensor:

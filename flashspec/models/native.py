@@ -183,8 +183,9 @@ class NativeLlama(CausalLM):
         torch.add(self.cache_positions[:n], start, out=step.slots)  # a kernel, not a copy from the host
         if parents is not None:
             parents = parents.cpu()
-            step.positions.copy_(start - 1 + tree_depths(parents), non_blocking=True)
-            step.paths.copy_(tree_paths(parents), non_blocking=True)
+            paths = tree_paths(parents)
+            step.positions.copy_(start - 1 + (paths >= 0).sum(1), non_blocking=True)  # each node's depth
+            step.paths.copy_(paths, non_blocking=True)
         if step.graph is not None:
             step.graph.replay()
         elif self.capture:

@@ -852,7 +852,7 @@ class Launcher:
         self.kernel, self.grid, self.constants = kernel, tuple(grid) + (1,) * (3 - len(grid)), constants
         self.fixed = fixed
         self.direct = None
-        self.raw = False  # whether `direct` calls the C launcher itself (raw_launch)
+        self.raw = False  # whether `direct` calls the C launcher itself (reused_launch)
 
     def __call__(self, *inputs: Tensor) -> None:
         pointers = [t.data_ptr() for t in inputs]
@@ -869,7 +869,8 @@ class Launcher:
         compiled = self.kernel[self.grid](*args, **self.constants)
         if aligned and isinstance(compiled, CompiledKernel):
             tail = tuple(self.constants[name] for name in self.kernel.arg_names[len(args):])
-            self.direct, self.raw = raw_launch(compiled, self.grid, inputs[0].device.index or 0, (*self.fixed, *tail))
+            device = inputs[0].device.index or 0
+            self.direct, self.raw = reused_launch(compiled, self.grid, device, (*self.fixed, *tail))
 
 
 # The C launcher's leading arguments in Triton 3.6 (nvidia/driver.py's _BASE_ARGS_FORMAT): grid x, y, z, stream,
@@ -890,7 +891,7 @@ def current_stream(device: int) -> int:
     return torch._C._cuda_getCurrentRawStream(device)
 
 
-def raw_launch(compiled: CompiledKernel, grid: tuple, device: int, tail: tuple):
+def reused_launch(compiled: CompiledKernel, grid: tuple, device: int, tail: tuple):
     """A launch of `compiled` over `grid` taking the inputs' pointers (ints) then `tail` (tensors become their
     pointers here, once), and whether it is raw: the C launcher called directly where its layout is RAW_LAYOUT,
     else the runner."""
