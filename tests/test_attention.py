@@ -182,6 +182,7 @@ def test_kernel_is_one_opaque_op_under_compile():
     (((1, 4, 32), (2, 64, 16), (1,)), "head sizes must match"),
     (((2, 4, 32), (2, 64, 32), (1,)), "one per query row"),
     (((2, 4, 32), (2, 64, 32), (2,), (3, 3)), "paths must be"),
+    (((2, 128, 16), (1, 64, 16), (2,), (2, 2)), "fewer than its 128 query heads"),
 ])
 def test_bad_shapes_are_refused_with_one_clear_line(shapes, match):
     q, cache, positions, *ancestors = (torch.zeros(s, device=DEVICE) for s in shapes)

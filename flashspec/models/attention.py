@@ -36,6 +36,7 @@ from torch import Tensor
 
 PROGRAMS_PER_SM = 2  # programs of the split kernel to aim for per SM on long contexts
 INTERPRETER_SMS = 4  # on the CPU (Triton's interpreter): a few splits, so tests cover their combination
+MAX_BLOCK_M = 64  # query rows per program at most; a tree node's query heads must fit one program
 
 
 def decode_attention_reference(
@@ -231,7 +232,7 @@ def tiling(rows: int, dim: int, kv_heads: int, span: int, sms: int) -> tuple[int
     (H200's 132, Llama-3-8B, one row: 32 splits, so 64 tokens each at 2048 cached tokens; 8 splits at 512),
     never more than the cache has key blocks."""
     d_pad = max(16, triton.next_power_of_2(dim))  # tl.dot needs 16 or more on every side
-    block_m = min(64, max(16, triton.next_power_of_2(rows)))
+    block_m = min(MAX_BLOCK_M, max(16, triton.next_power_of_2(rows)))
     block_n = 64 if d_pad <= 128 else 32
     m_blocks = triton.cdiv(rows, block_m)
     splits = min(PROGRAMS_PER_SM * sms // (kv_heads * m_blocks), triton.cdiv(span, block_n))
@@ -259,6 +260,9 @@ def launch(q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, sms: 
     d_pad, block_m, block_n, m_blocks, max_splits = tiling((1 if paths is not None else n) * rep, dim, kv_heads,
                                                            k_cache.shape[1], sms)
     if paths is not None:
+        if block_m < rep:
+            raise ValueError(f"a tree's node takes one program of {block_m} rows, fewer than its {rep} query heads per "
+                             "KV head: decode this model's trees on the eager path (NativeLlama.static_trees)")
         m_blocks = n
     m_pad = max(m_blocks * block_m, n * rep)
     acc = torch.empty(kv_heads, max_splits, m_pad, d_pad, dtype=torch.float32, device=q.device)

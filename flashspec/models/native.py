@@ -29,7 +29,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from flashspec.models.attention import IMPLEMENTATIONS, grouped_attention, tree_paths
+from flashspec.models.attention import IMPLEMENTATIONS, MAX_BLOCK_M, grouped_attention, tree_paths
 from flashspec.models.base import CausalLM, Scores, tree_depths, tree_mask
 from flashspec.models.fidelity import rope_limit
 
@@ -81,7 +81,9 @@ class NativeLlama(CausalLM):
         self.rope_limit = rope_limit(cfg)
         self.per_token_rope = self.rope_limit is not None and max_context > self.rope_limit[1]
         graphs = graphs and not self.per_token_rope
-        self.static_trees = all(w is None for w in self.windows)  # windowed layers mask trees the eager way
+        # Windowed layers mask trees the eager way; so do models with more query heads per KV head than one
+        # program of the decode kernel holds (a tree node takes one program, attention.launch).
+        self.static_trees = all(w is None for w in self.windows) and self.n_heads // self.n_kv_heads <= MAX_BLOCK_M
         self.prompt_length = 0
         p = next(model.parameters())
         self.device = p.device
