@@ -133,10 +133,10 @@ def _decode_attention_split(
         token = rows // rep
         live = rows < n * rep
         used, per_split = _split_size(pos_ptr, n, max_splits, N_P2, BLOCK_N)
+        pos = tl.load(pos_ptr + token, mask=live, other=-1).to(tl.int32)  # padding rows see nothing
     lo = split * per_split
     hi = tl.minimum(lo + per_split, used)  # lo >= hi past the used length: no iterations, no stores
     head = kvh * rep + rows % rep
-    pos = tl.load(pos_ptr + token, mask=live, other=-1).to(tl.int32)  # padding rows see nothing
     d = tl.arange(0, D_PAD)
     q = tl.load(q_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :] * stride_qd,
                 mask=live[:, None] & (d[None, :] < D), other=0.0)

@@ -218,7 +218,6 @@ class _TreePlan:
         buf = torch.empty(vocab, dtype=torch.float32, device=dev)
         sizes = [n1 + 1, n1 * nsplit_p2, n1]
         self.counters, part_arg, argmax = torch.zeros(sum(sizes), dtype=torch.int32, device=dev).split(sizes)
-        self.n1 = n1
         # The outputs too, as the chain plan's: each call returns the same tensors (n_accepted, path, tokens).
         out = torch.empty(2 * n1, dtype=torch.int64, device=dev)
         self.outputs = out[0], out[1:n1], out[n1:]
