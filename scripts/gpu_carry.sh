@@ -16,7 +16,7 @@ MARGIN=${MARGIN:-3000000}  # room for files added before the session (1 MB was t
 [ -f "$GGUF" ] || { echo "error: $GGUF does not exist: run python scripts/fetch_smollm2.py first" >&2; exit 1; }
 ls .whl/*.whl >/dev/null 2>&1 || { echo "error: no wheels in .whl/: docs/gpu.md says which to download" >&2; exit 1; }
 
-size() { du -cb "$@" 2>/dev/null | tail -1 | cut -f1; }
+size() { du -cb "$@" 2>/dev/null | tail -1 | cut -f1 || true; }  # a missing folder counts 0
 tracked=$(git ls-files -z | du --files0-from=- -cb | tail -1 | cut -f1)
 wheels=$(size .whl .whl-eval)
 first=$((LIMIT - tracked - wheels - MARGIN))
@@ -33,7 +33,7 @@ rm .gpu/parts/rest
 echo "# $((n + 1)) parts; tracked files $((tracked / 1000000)) MB, wheels $((wheels / 1000000)) MB, first part" \
   "$((first / 1000000)) MB, the others $(( (total - first) / n / 1000000 )) MB"
 echo "# Make the calls back to back (the machine forgets /tmp 30 s after a command ends); COMMIT=the commit tested."
-echo "run(carry=[\".whl\", \".whl-eval\", \".gpu/parts/p.00\"], command=\"COMMIT=\$C scripts/gpu_session.sh part 00 wheels tests bench 420 a,d\")"
+echo "run(carry=[\".whl\", \".gpu/parts/p.00\"], command=\"COMMIT=\$C scripts/gpu_session.sh part 00 wheels\")"
 for i in $(seq -f %02g 1 $((n - 1))); do
   echo "run(carry=[\".gpu/parts/p.$i\"], command=\"scripts/gpu_session.sh part $i\")"
 done
@@ -43,10 +43,12 @@ if [ -e "${pieces[0]}" ]; then
     tail=""; [ "$i" -eq $((${#pieces[@]} - 1)) ] && tail=" last"
     echo "run(carry=[\"${pieces[$i]}\"], command=\"scripts/gpu_session.sh drafters ${pieces[$i]##*.}$tail\")"
   done
-  echo "# then TRAIN_S=0 on the main call below: the carried drafters are used"
+  echo "# then skip the train call below: the carried drafters are used"
 fi
 last=$(printf %02d "$n")
-echo "run(carry=[\".gpu/parts/p.$last\"], command=\"COMMIT=\$C scripts/gpu_session.sh part $last model smollm2 main weights\")"
-echo "run(command=\"COMMIT=\$C scripts/gpu_session.sh smollm2 bandit\")"
+echo "run(carry=[\".gpu/parts/p.$last\"], command=\"COMMIT=\$C scripts/gpu_session.sh part $last model tests\")"
+echo "run(command=\"COMMIT=\$C TRAIN_S=30 scripts/gpu_session.sh smollm2 train weights\")  # unless carried back"
 echo "run(command=\"COMMIT=\$C scripts/gpu_session.sh smollm2 replay\")"
-echo "run(command=\"COMMIT=\$C scripts/gpu_session.sh smollm2 rest\")"
+echo "run(command=\"COMMIT=\$C TRAIN_S=0 scripts/gpu_session.sh smollm2 main\")"
+echo "run(command=\"COMMIT=\$C TRAIN_S=0 scripts/gpu_session.sh smollm2 bandit\")"
+echo "run(command=\"COMMIT=\$C TRAIN_S=0 scripts/gpu_session.sh smollm2 rest\")"
