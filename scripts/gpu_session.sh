@@ -8,7 +8,7 @@
 #   tests        `make test-gpu`, its log as $OUT/pytest.txt
 #   bench T S    scripts/bench_gpu.py --sections S (e.g. a,d), every step ending within T seconds of this
 #                call's start, with the real SmolLM2 once converted; $OUT/gpu.tgz
-#   smollm2 P    scripts/gpu_smollm2.sh P (train, main, bandit, replay, rest: the SmolLM2 study in parts), its log in $OUT
+#   smollm2 P    scripts/gpu_smollm2.sh P (train, main, bandit, replay, policies, rest: the SmolLM2 study in parts), its log in $OUT
 #   drafters NN [last]  append the carried piece .gpu/drafters/drafters.tgz.NN (what `weights` sent back);
 #                after the last, unpack them where gpu_smollm2.sh's stages read them (outputs/smollm2_models)
 #   weights      the drafters gpu_smollm2.sh trained, as $OUT/drafters.tgz.NN (15 MB pieces: at most 8 files

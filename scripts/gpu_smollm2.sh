@@ -12,6 +12,7 @@
 #                                        # draft and verdict at every step of the first 32 prompts, and the cost
 #                                        # model, timed on the GPU; the policies are then played off the GPU
 #                                        # (simulate, then scripts/bandit_report.py), free of the wall clock's noise
+#   bash scripts/gpu_smollm2.sh policies # smollm2_main's UCB1, Thompson and Hedge over all arms (rest's first half)
 #   bash scripts/gpu_smollm2.sh rest     # smollm2_main's UCB1, Thompson and Hedge over all arms at gamma [2,4,8],
 #                                        # and transformers' baselines (static cache, assisted, prompt lookup)
 # Every stage runs under `timeout`: a slow one loses its last runs (complete runs are kept, and relaunching
@@ -44,6 +45,8 @@ TRAIN_S=${TRAIN_S:-20}       # training seconds per drafter (data and evaluation
 TRAIN=${TRAIN:---preset h100 --time-budget-s $TRAIN_S --tau-prompts 4}
 MAIN_BOX=${MAIN_BOX:-300}    # seconds for smollm2_main's AR and fixed-arm runs
 MAIN_SWEEP=${MAIN_SWEEP:-bandit=none,fixed}  # which of them (e.g. "bandit=none,fixed bandit.arm=2,3": the trees)
+POLICY_BOX=${POLICY_BOX:-130}  # seconds for smollm2_main's learning policies (stages policies and rest)
+POLICY_GAMMA=${POLICY_GAMMA:-gamma=[2,4,8]}  # their gamma: a list lets the policy pick it per step
 TARGET=${FLASHSPEC_CACHE:-$HOME/.cache/flashspec}/smollm2-135m-instruct
 MAIN=outputs/experiments/smollm2_main
 MIX=outputs/experiments/bandit_study_gpu
@@ -74,6 +77,11 @@ train() {  # the drafters, unless TRAIN_S=0 (then those already in $MODELS)
   fi
 }
 
+policies() {  # smollm2_main's learning policies over all arms, within POLICY_BOX seconds
+  box "$POLICY_BOX" $PYTHON run.py -m $SMOL method=flashspec bandit=ucb1,thompson,hedge bandit.arm=0 $POLICY_GAMMA \
+    bandit.costs=$MAIN/costs.json  # UCB1's cost model: measured once, then read by every dataset's run
+}
+
 case $STAGE in
   train)
     train ;;
@@ -89,12 +97,14 @@ case $STAGE in
     box 420 $PYTHON scripts/bandit_replay.py collect "$REPLAY" experiment=bandit_study_gpu $COMMON \
       dataset.limit=$MIX_LIMIT
     pack bandit_replay_gpu "$REPLAY" ;;
+  policies)
+    policies
+    pack smollm2_main_policies "$MAIN" ;;
   rest)
-    box 130 $PYTHON run.py -m $SMOL method=flashspec bandit=ucb1,thompson,hedge bandit.arm=0 'gamma=[2,4,8]' \
-      bandit.costs=$MAIN/costs.json  # UCB1's cost model: measured once, then read by every dataset's run
+    policies
     box 320 $PYTHON run.py -m $SMOL method=hf_eager,hf_static,hf_assisted,hf_prompt_lookup bandit=none bandit.arm=0 gamma=4
     pack smollm2_main_rest "$MAIN" ;;
   *)
-    echo "usage: OUT=<folder> bash scripts/gpu_smollm2.sh train|main|bandit|replay|rest" >&2
+    echo "usage: OUT=<folder> bash scripts/gpu_smollm2.sh train|main|bandit|replay|policies|rest" >&2
     exit 2 ;;
 esac
