@@ -6,7 +6,7 @@ the wall clock's noise, timed by the cost model.
 
 `collect` builds the engine and prompts of experiment=bandit_study (plus any Hydra overrides, e.g.
 dataset.limit=32), measures the cost model once (costs.json, or reads it) and writes every prompt's outcomes
-(outcomes-<shard>.jsonl); `--shard i/n` takes every n-th prompt from the i-th, so n processes share the work.
+(outcomes-<shard>.jsonl.gz); `--shard i/n` takes every n-th prompt from the i-th, so n processes share the work.
 `simulate` plays every fixed pair, the per-step oracle and the study's policies over their seeds and writes
 results.csv.gz and trace.csv.gz beside them; `python scripts/bandit_report.py <folder>` then writes the table and
 figures into <folder>/report.
@@ -80,14 +80,14 @@ def collect(out: Path, shard: str, overrides: list[str]) -> None:
         start = time.perf_counter()
         ids = encode(engine.tokenizer, [{"role": "user", "content": prompt.turns[0]}], cfg.dataset.chat)
         outcomes.append(replay.collect(engine, prompt.id, prompt.category, ids, cfg.max_new_tokens))
-        replay.save(outcomes, out / f"outcomes-{index}.jsonl")
+        replay.save(outcomes, out / f"outcomes-{index}.jsonl.gz")
         print(f"{prompt.id}: {len(outcomes[-1].tokens)} tokens, {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def simulate(out: Path, overrides: list[str]) -> None:
     cfg = config(overrides)
     order = [p.id for p in load_prompts(cfg.dataset, cfg.data_dir)]
-    found = {o.prompt_id: o for f in sorted(out.glob("outcomes-*.jsonl")) for o in replay.load(f)}
+    found = {o.prompt_id: o for f in sorted(out.glob("outcomes-*.jsonl*")) for o in replay.load(f)}
     outcomes = [found[i] for i in order if i in found]  # the run's decoding order: the mix's rounds
     pair_gammas = [g for _ in cfg.arms.arms for g in schema.gammas(cfg)]  # the engine's pairs, in its order
     costs = CostModel.load(out / "costs.json")

@@ -94,11 +94,18 @@ def found(sweep: Path, name: str) -> Path:
 
 
 def describe_device(sweep: Path) -> str:
-    """The device the runs name in their run.json (one sweep, one machine), or a replay in its replay.json."""
+    """The device the runs name in their run.json (one sweep, one machine), or a replay in its replay.json: where
+    its drafts and cost model were recorded (the `collect` steps) and, when elsewhere, where it was replayed."""
     devices = {json.loads(p.read_text()).get("device") for p in sweep.glob("*/run.json")}
     if (sweep / "replay.json").is_file():
-        steps = json.loads((sweep / "replay.json").read_text()).values()
-        devices |= {f"cost model measured on {s['device']}; replayed" for s in steps}
+        steps = json.loads((sweep / "replay.json").read_text())
+        collected = {s["device"] for name, s in steps.items() if name.startswith("collect")}
+        simulated = {s["device"] for name, s in steps.items() if name == "simulate"}
+        if collected and simulated and collected != simulated:  # e.g. recorded on a GPU, replayed on a CPU
+            devices.add(f"drafts and cost model measured on {', '.join(sorted(collected))}; replayed on "
+                        f"{', '.join(sorted(simulated))}")
+        else:
+            devices |= {f"cost model measured on {d}; replayed" for d in collected | simulated}
     return ", ".join(sorted(d for d in devices if d)) or "device not recorded"
 
 

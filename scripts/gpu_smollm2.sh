@@ -43,8 +43,10 @@ PYTHON=${PYTHON:-python3}    # the GPU image has python3
 EXTRA=${EXTRA:-}             # more overrides for every sweep (a dry run: dataset=alpaca)
 TRAIN_S=${TRAIN_S:-20}       # training seconds per drafter (data and evaluation take ~120 s more; 0: train none)
 TRAIN=${TRAIN:---preset h100 --time-budget-s $TRAIN_S --tau-prompts 4}
+TRAINED=${TRAINED:-draft,medusa,eagle,streaming}  # which drafters `train` trains (e.g. eagle alone, for longer)
 MAIN_BOX=${MAIN_BOX:-300}    # seconds for smollm2_main's AR and fixed-arm runs
 MAIN_SWEEP=${MAIN_SWEEP:-bandit=none,fixed}  # which of them (e.g. "bandit=none,fixed bandit.arm=2,3": the trees)
+MAIN_GAMMA=${MAIN_GAMMA:-4}  # their gamma (a sweep: 2,8)
 POLICY_BOX=${POLICY_BOX:-130}  # seconds for smollm2_main's learning policies (stages policies and rest)
 POLICY_GAMMA=${POLICY_GAMMA:-gamma=[2,4,8]}  # their gamma: a list lets the policy pick it per step
 TARGET=${FLASHSPEC_CACHE:-$HOME/.cache/flashspec}/smollm2-135m-instruct
@@ -70,8 +72,9 @@ pack() {  # pack NAME FOLDER...: the tar of what this call measured
 
 train() {  # the drafters, unless TRAIN_S=0 (then those already in $MODELS)
   if [ "$TRAIN_S" -gt 0 ]; then
-    box $((4 * TRAIN_S + 120)) $PYTHON scripts/train_drafters.py --target "$TARGET" \
-      --drafters draft,medusa,eagle,streaming $TRAIN --out "$MODELS"
+    local count=$(($(tr -cd , <<< "$TRAINED" | wc -c) + 1))
+    box $((count * TRAIN_S + 120)) $PYTHON scripts/train_drafters.py --target "$TARGET" \
+      --drafters "$TRAINED" $TRAIN --out "$MODELS"
   else
     echo "== TRAIN_S=0: the drafters already in $MODELS (carried back: scripts/gpu_session.sh drafters)"
   fi
@@ -87,7 +90,7 @@ case $STAGE in
     train ;;
   main)
     train
-    box "$MAIN_BOX" $PYTHON run.py -m $SMOL method=flashspec $MAIN_SWEEP gamma=4
+    box "$MAIN_BOX" $PYTHON run.py -m $SMOL method=flashspec $MAIN_SWEEP gamma=$MAIN_GAMMA
     pack smollm2_main "$MAIN" "$MODELS" ;;
   bandit)
     box 300 $PYTHON run.py -m $BANDIT sampling.seed=0,1 bandit.arm=0

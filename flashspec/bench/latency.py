@@ -13,7 +13,7 @@ import torch
 
 from flashspec.bench.context import Bench, log
 from flashspec.bench.measure import DEVICE, device_ms, kernel_table, kernel_times
-from flashspec.bench.shapes import CONTEXT, PROMPT_LENS, TARGET, make_engine, prompt_ids
+from flashspec.bench.shapes import CONTEXT, PROMPT_LENS, SMALL, TARGET, make_engine, prompt_ids
 from flashspec.models import attention
 from flashspec.models.native import NativeLlama
 
@@ -53,8 +53,10 @@ def graph_step_ms(bench: Bench, shape: str, model: NativeLlama) -> float:
     return device_ms(lambda: (model.crop(start), model.forward(block)), 20)
 
 
-# The 8B step under other Inductor options and decode-attention splits: where its time can go next. Each builds
-# the model anew on the same weights (the layer compiled with these options, the graphs captured again).
+# The 8B and SmolLM2 steps under other Inductor options and decode-attention splits: where their time can go next.
+# Each builds the model anew on the same weights (the layer compiled with these options, the graphs captured again).
+# SmolLM2's step is launch-bound (12 kernels a layer, cuBLAS's GEMVs ~4 us each): max_autotune's Triton GEMMs
+# lost on the 8B's large matrices, but may win on its small ones.
 VARIANTS = {
     "inductor defaults": ({}, None),  # the default is CUDA_COMPILE_OPTIONS (coordinate descent) since 2026-12-02
     "max_autotune": (dict(max_autotune=True), None),
@@ -64,26 +66,33 @@ VARIANTS = {
 
 
 def variants(bench: Bench) -> list[dict]:
-    base = bench.model(TARGET)
-    rows = [dict(shape=TARGET, variant="default", step_ms=step_ms(bench, TARGET))]
-    saved = attention.PROGRAMS_PER_SM
-    for name, (options, programs) in VARIANTS.items():
-        if not bench.enough(90, f"8B step variant {name}"):
-            continue
-        attention.PROGRAMS_PER_SM = programs or saved
-        t0 = time.perf_counter()
-        try:
-            model = NativeLlama(base.model, CONTEXT, graphs=True, compile_options=options)
-            rows.append(dict(shape=TARGET, variant=name, step_ms=graph_step_ms(bench, TARGET, model),
-                             build_s=time.perf_counter() - t0))
-            del model
-        except Exception as err:  # one variant failing leaves the others' numbers
-            rows.append(dict(shape=TARGET, variant=name, error=repr(err)[:200]))
-        finally:
-            attention.PROGRAMS_PER_SM = saved
-            torch.cuda.empty_cache()
-        log(f"8B step variant {name}: {rows[-1]}")
+    rows = []
+    for shape in (TARGET, SMALL):
+        base = bench.model(shape)
+        rows.append(dict(shape=shape, variant="default", step_ms=step_ms(bench, shape)))
+        for name, (options, programs) in VARIANTS.items():
+            if bench.enough(90, f"{shape} step variant {name}"):
+                rows.append(variant(bench, shape, base, name, options, programs))
+                log(f"{shape} step variant {name}: {rows[-1]}")
     return rows
+
+
+def variant(bench: Bench, shape: str, base: NativeLlama, name: str, options: dict | None,
+            programs: int | None) -> dict:
+    saved = attention.PROGRAMS_PER_SM
+    attention.PROGRAMS_PER_SM = programs or saved
+    t0 = time.perf_counter()
+    try:
+        model = NativeLlama(base.model, CONTEXT, graphs=True, compile_options=options)
+        row = dict(shape=shape, variant=name, step_ms=graph_step_ms(bench, shape, model),
+                   build_s=time.perf_counter() - t0)
+        del model
+        return row
+    except Exception as err:  # one variant failing leaves the others' numbers
+        return dict(shape=shape, variant=name, error=repr(err)[:200])
+    finally:
+        attention.PROGRAMS_PER_SM = saved
+        torch.cuda.empty_cache()
 
 
 def profile(bench: Bench) -> list[dict]:

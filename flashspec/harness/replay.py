@@ -15,6 +15,7 @@ end of the budget (the outcomes are those of full-length drafts).
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -70,11 +71,17 @@ def collect(engine: SpeculativeEngine, prompt_id: str, category: str | None, ids
 
 
 def save(outcomes: list[Outcomes], path: Path) -> None:
-    path.write_text("".join(json.dumps(asdict(o)) + "\n" for o in outcomes))
+    """JSON lines; gzipped where `path` ends in .gz (a study's outcomes are committed: a fifth of the bytes)."""
+    text = "".join(json.dumps(asdict(o)) + "\n" for o in outcomes)
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text.encode(), mtime=0))  # mtime 0: the same outcomes, the same bytes
+    else:
+        path.write_text(text)
 
 
 def load(path: Path) -> list[Outcomes]:
-    return [Outcomes(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    return [Outcomes(**json.loads(line)) for line in text.splitlines() if line.strip()]
 
 
 @dataclass
