@@ -48,24 +48,34 @@ def measured(row: dict, fn, args: tuple, reference: tuple, kernel_alone: bool) -
     return row
 
 
-# Launch shapes to try on the sampled call at gamma 8 (flat logits: the threshold lies beyond the default's candidates):
-# more candidates (found by one sort, no search), and the search's pass in other shapes. Any tuning gives the
-# same tokens; `agrees_with_reference` checks it.
-TUNINGS = {"cap=1024": dict(cap=1024), "cap=4096": dict(cap=4096), "block_search=128": dict(block_search=128),
-           "block_search=256": dict(block_search=256), "pivots_search=16": dict(pivots_search=16),
-           "num_warps=4": dict(num_warps=4)}
+# Launch shapes to try on the sampled call at gamma 8 (flat logits: the threshold often lies beyond the default's
+# candidates), each a question about where its time goes (docs/verifier.md, "Where a sampled call's time goes"). Any
+# tuning gives the same tokens; `agrees_with_reference` checks it. 040dc27 answered the search's own shapes
+# (block_search 128 or 256, pivots_search 16, num_warps 4: all slower).
+TUNINGS = {
+    # The row finisher's bitonic sort of `cap` candidates (the search's time is its own kernel's).
+    "cap=256": dict(cap=256), "cap=512": dict(cap=512), "cap=1024": dict(cap=1024), "cap=4096": dict(cap=4096),
+    # Serial block steps per program: one block per chunk (3 load-and-reduce steps, not 12), or twice the programs.
+    "block_v=8192": dict(block_v=8192), "chunk=4096": dict(block_v=4096, chunk=4096),
+    # Candidates picked by 256 bins, not 64 (fewer rows left to the search); bisection over them, not the sort.
+    "bins=256": dict(bins=256), "sort=False": dict(sort=False),
+}
+# The same call without top-p: the chunk statistics and the row finisher alone, no candidates, no threshold.
+NO_TOP_P = "top_p=1"
 
 
 def tunings(bench: Bench) -> list[dict]:
-    """The sampled call at gamma 8 under each of TUNINGS (impl `triton[name]`): where its time can go next."""
-    sampling, rows = fs.SamplingConfig(0.8, top_p=0.9), []
-    args = verifier_inputs(8, sampling)
-    reference = verify_reference(*args)
-    for name, change in TUNINGS.items():
+    """The sampled call at gamma 8 under each of TUNINGS and without top-p (impl `triton[name]`): where its time
+    can go next."""
+    rows = []
+    cases = {name: (fs.SamplingConfig(0.8, top_p=0.9), replace(GPU, **change)) for name, change in TUNINGS.items()}
+    cases[NO_TOP_P] = (fs.SamplingConfig(0.8), GPU)
+    for name, (sampling, tuning) in cases.items():
         if bench.quick or not bench.enough(10, f"verifier tuning {name}"):
             continue
+        args = verifier_inputs(8, sampling)
         rows.append(measured(dict(mode="sampled", gamma=8, impl=f"triton[{name}]"), verify_triton,
-                             (*args, replace(GPU, **change)), reference, kernel_alone=True))
+                             (*args, tuning), verify_reference(*args), kernel_alone=True))
     return rows
 
 
