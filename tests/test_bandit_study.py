@@ -167,6 +167,20 @@ def test_replay_walk_is_the_autoregressive_output():
     assert [o.tokens for o in outcomes()] == [ar.generate(p, 24).token_ids for p in PROMPTS]
 
 
+@pytest.mark.parametrize("name", ["outcomes-0.jsonl", "outcomes-0.jsonl.gz"])
+def test_outcomes_file_round_trip(tmp_path, name):
+    """Plain or gzipped (what scripts/bandit_replay.py collect writes now): the same outcomes come back, and the
+    gzipped bytes depend on the outcomes alone (no timestamp), so a rerun rewrites an identical file."""
+    path = tmp_path / name
+    replay.save(outcomes(), path)
+    assert replay.load(path) == outcomes()
+    data = path.read_bytes()
+    if name.endswith(".gz"):
+        assert data[:2] == b"\x1f\x8b" and data[4:8] == bytes(4)  # gzip's magic, and its mtime field zero
+    else:
+        assert data.startswith(b'{"prompt_id"')
+
+
 @pytest.mark.parametrize("arm", [0, 1])
 def test_replayed_fixed_arm_steps_are_the_engines(arm):
     """Every step of the engine's fixed-arm decoding, but the last (whose draft the budget shortens), emits what

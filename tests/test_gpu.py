@@ -229,6 +229,25 @@ def test_real_smollm2_token_trees_keep_the_autoregressive_output(nodes):
 
 
 # ------------------------------------------------------------------ decoding without drafts, chunk by chunk
+def test_an_eagle_draft_waits_on_the_device_once_at_most(family):
+    """EAGLE drafts without blocking copies from the host: a plain copy of a host tensor to the device waits for
+    the device's queue, and with three a head forward the queue drained at every depth (a draft took ~10 ms of a
+    ~1 ms target step on the H200: results/gpu/smollm2/bandit_replay/costs.json). A tree's one wait is its
+    read-back, a chain's none."""
+    target, tokenizer, _ = family
+    hf = target.model
+    head = EagleHead(head_config(hf.config)).to(device=CUDA, dtype=hf.dtype).eval()
+    context = torch.as_tensor(tokenizer("The cat sat on the mat. The cat sat on the")["input_ids"])
+    for top_k, allowed in ((4, 1), (1, 0)):
+        arm = EagleArm(head, hf.get_input_embeddings(), hf.get_output_embeddings(), target.max_context, top_k, 6)
+        target.reset()
+        arm.begin(context[:-1])
+        arm.observe_target(0, target.forward(context[:-1].to(CUDA)))
+        arm.propose(context, 4, SamplingConfig(), None)
+        syncs = count_syncs(lambda a=arm: a.propose(context, 4, SamplingConfig(), None))
+        assert syncs <= allowed, f"top_k={top_k}: {syncs} host-device synchronisations in one draft"
+
+
 def check_chunked_autoregressive(target, tokenizer, prompts: list) -> None:
     """bf16 on the captured graphs: the chunked path (each step fed the last one's token on the device, the
     tokens read back once a chunk) commits the step-by-step path's tokens (ar_chunk = 0, one sync per token)

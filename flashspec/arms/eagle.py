@@ -74,9 +74,10 @@ class EagleArm(Arm):
         t = len(context) - 1
         features = self.features.upto(t, self.name)
         # Re-feed at least the last entry: its output is the root the draft grows from.
-        start = min(self.fed, t - 1)
-        causal = torch.ones(t - start, t, dtype=torch.bool).tril(start)
-        positions = torch.arange(start, t)
+        start, device = min(self.fed, t - 1), features.device
+        # Made on the device: a CPU tensor's plain copy there would wait for the device to finish its queue.
+        causal = torch.ones(t - start, t, dtype=torch.bool, device=device).tril(start)
+        positions = torch.arange(start, t, device=device)
         root = self._run(features[start:t], context[start + 1 : t + 1], positions, start, causal)
         self.fed = t
         if self.top_k == 1:
@@ -85,11 +86,11 @@ class EagleArm(Arm):
 
     def _run(self, features: Tensor, tokens: Tensor, positions: Tensor, slot: int, mask: Tensor) -> Tensor:
         """Head outputs [n, D] for a block written to cache slots [slot, slot + n); it sees the cache before
-        `slot` and itself as `mask` [n, slot + n] says."""
-        device = features.device
+        `slot` and itself as `mask` [n, slot + n] says (positions and mask on the head's device; tokens anywhere:
+        the context's arrive from the host without waiting for the device)."""
         past = (self.keys[:, :, :slot], self.values[:, :, :slot])
-        embeds = self.embed(tokens.to(device))
-        out, k, v = self.head(features[None], embeds[None], positions.to(device)[None], mask.to(device), past)
+        embeds = self.embed(tokens.to(features.device, non_blocking=True))
+        out, k, v = self.head(features[None], embeds[None], positions[None], mask, past)
         self.keys[:, :, slot : slot + len(tokens)] = k
         self.values[:, :, slot : slot + len(tokens)] = v
         return out[0]
@@ -101,8 +102,9 @@ class EagleArm(Arm):
             tokens.append(sample_from(q, torch.rand(1, device=q.device, generator=generator)))
             probs.append(q)
             if i < gamma - 1:  # the draft token's entry sits at position t + i, in cache slot t + i
-                mask = torch.ones(1, t + i + 1, dtype=torch.bool)
-                feature = self._run(feature[None], tokens[-1], torch.tensor([t + i]), t + i, mask)[0]
+                mask = torch.ones(1, t + i + 1, dtype=torch.bool, device=q.device)
+                position = torch.full((1,), t + i, device=q.device)
+                feature = self._run(feature[None], tokens[-1], position, t + i, mask)[0]
         return Draft(torch.cat(tokens), None if sampling.greedy else torch.cat(probs))
 
     def _tree(self, root: Tensor, t: int, gamma: int) -> Draft:
@@ -128,8 +130,8 @@ class EagleArm(Arm):
             entry[grow] = torch.arange(fed, fed + m, device=device)
             mask = torch.cat([torch.ones(m, t, dtype=torch.bool, device=device), block], 1)
             # Nodes of depth d sit at position t + d - 1 (a depth-1 node is the token after the pending one).
-            out = self._run(torch.cat(inputs)[grow], torch.cat(tokens)[grow], torch.full((m,), t + d - 1),
-                            t + fed, mask)
+            out = self._run(torch.cat(inputs)[grow], torch.cat(tokens)[grow],
+                            torch.full((m,), t + d - 1, device=device), t + fed, mask)
             child_score, child = self._top(out)
             level = torch.arange(len(all_scores), len(all_scores) + m * k, device=device)
             tokens.append(child.flatten())
@@ -149,8 +151,9 @@ def _best_subtree(tokens: Tensor, parents: Tensor, scores: Tensor, n: int) -> Dr
     keep = scores.sort(descending=True, stable=True).indices[:n].sort().values
     new_index = torch.full((len(tokens) + 1,), -1, dtype=torch.long, device=tokens.device)
     new_index[keep] = torch.arange(len(keep), device=tokens.device)
-    # parents of -1 index the extra last slot, which stays -1 (the pending token)
-    return Draft(tokens[keep].cpu(), None, new_index[parents[keep]].cpu())
+    # parents of -1 index the extra last slot, which stays -1 (the pending token); one read back for both
+    kept_tokens, kept_parents = torch.stack([tokens[keep], new_index[parents[keep]]]).cpu()
+    return Draft(kept_tokens, None, kept_parents)
 
 
 def tree_params(cfg: ArmConfig, target: CausalLM) -> tuple[int, int]:

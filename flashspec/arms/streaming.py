@@ -63,7 +63,7 @@ class StreamingArm(Arm):
         context_kv = [(k[None, :, :t], v[None, :, :t]) for k, v in caches]
         device = self.anchor.device
         visible = torch.ones(1, t, dtype=torch.bool, device=device)
-        position = torch.tensor([t - 1], device=device)
+        position = torch.full((1,), t - 1, device=device)  # a fill on the device, not a copy from the host
         logits = self.drafter(self.anchor[None, None], position, context_kv, visible)
         q = process_logits(logits[0, 0, :gamma], sampling)
         tokens = sample_from(q, torch.rand(len(q), device=device, generator=generator))
