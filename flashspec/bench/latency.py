@@ -58,7 +58,7 @@ def graph_step_ms(bench: Bench, shape: str, model: NativeLlama) -> float:
 # SmolLM2's step is launch-bound (12 kernels a layer, cuBLAS's GEMVs ~4 us each): max_autotune's Triton GEMMs
 # lost on the 8B's large matrices, but may win on its small ones.
 VARIANTS = {
-    "inductor defaults": ({}, None),  # the default is CUDA_COMPILE_OPTIONS (coordinate descent) since 2026-12-02
+    "coordinate_descent_tuning": (dict(coordinate_descent_tuning=True), None),
     "max_autotune": (dict(max_autotune=True), None),
     "attention programs_per_sm=1": (None, 1),
     "attention programs_per_sm=4": (None, 4),
@@ -79,6 +79,8 @@ def variants(bench: Bench) -> list[dict]:
 
 def variant(bench: Bench, shape: str, base: NativeLlama, name: str, options: dict | None,
             programs: int | None) -> dict:
+    """The captured step of `shape` built anew on `base`'s weights, its layer compiled with Inductor's `options`,
+    its attention at `programs` per SM (None: as now)."""
     saved = attention.PROGRAMS_PER_SM
     attention.PROGRAMS_PER_SM = programs or saved
     t0 = time.perf_counter()

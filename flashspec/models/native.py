@@ -56,12 +56,6 @@ class Step:
     graph: torch.cuda.CUDAGraph | None = None
 
 
-# Inductor's options for the compiled step on CUDA. Coordinate descent over each generated kernel's launch
-# parameters took the captured 8B step from 4786 to 4510 us on the H200, for 20 s more compiling; max_autotune
-# was slower (5482 us): results/gpu/040dc27/variants.csv.
-CUDA_COMPILE_OPTIONS = {"coordinate_descent_tuning": True}
-
-
 class NativeLlama(CausalLM):
     captured: tuple[int, ...] = ()  # the layers whose inputs Scores.layer_hidden holds (set_capture_layer)
     supports_tree = True
@@ -71,8 +65,7 @@ class NativeLlama(CausalLM):
         attention: str = "auto", compile_options: dict | None = None,
     ) -> None:
         """`graphs`: decode through the static-shape path (captured on CUDA). `compile`: compile its layer
-        (default: when capturing on CUDA), with Inductor's `compile_options` (default: CUDA_COMPILE_OPTIONS on
-        CUDA, Inductor's own elsewhere).
+        (default: when capturing on CUDA), with Inductor's `compile_options` (e.g. coordinate_descent_tuning).
         `attention`: that path's decode attention, triton or reference (auto: triton on CUDA; on the CPU
         triton needs TRITON_INTERPRET=1)."""
         cfg = model.config
@@ -112,8 +105,6 @@ class NativeLlama(CausalLM):
             raise ValueError(f"attention={attention!r}: use auto, triton or reference")
         self.decode_attention = IMPLEMENTATIONS[attention]
         self.compiled = graphs and (self.capture if compile is None else compile)
-        if compile_options is None:
-            compile_options = CUDA_COMPILE_OPTIONS if self.device.type == "cuda" else {}
         # Compiled, the step's ends (embedding and rotary; final norm and LM head) are a few fused kernels too.
         self.layer, self.embed, self.head = (compile_layer(f, compile_options) if self.compiled else f
                                              for f in (self._layer, self._embed, self._head))
