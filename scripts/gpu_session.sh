@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
       python3 scripts/fetch_smollm2.py --gguf $GGUF
       log "model converted" ;;
     tests)
-      make test-gpu PYTHON="timeout -s INT 420 python3" COMMIT="${COMMIT:?}" GPU_LOG="$OUT/pytest.txt" \
+      make test-gpu PYTHON="timeout -s INT 480 python3" COMMIT="${COMMIT:?}" GPU_LOG="$OUT/pytest.txt" \
         > "$OUT/make_test_gpu.txt" 2>&1 || log "make test-gpu exited $?"
       tail -3 "$OUT/pytest.txt" || true ;;
     bench)  # bench T SECTIONS
