@@ -3,6 +3,7 @@ acceptance on the shipped family, and the target rows a tree arm hears of after 
 
 import pytest
 import torch
+from test_engine_lossless import PROMPTS
 
 from flashspec import ArmConfig, BanditConfig, FlashSpecConfig, SamplingConfig, SpeculativeEngine, TargetConfig
 from flashspec.arms import Arm, Draft, PromptLookupArm
@@ -37,6 +38,57 @@ def propose(context: list[int], gamma: int, ngram_max: int = 3, ngram_min: int =
 )
 def test_prompt_lookup_proposals(context, gamma, ngram_max, ngram_min, expected):
     assert propose(context, gamma, ngram_max, ngram_min) == expected
+
+
+def lookup_tree(context: list[int], gamma: int, candidates: int) -> tuple[list[int], list[int] | None]:
+    draft = PromptLookupArm(3, 1, candidates).propose(torch.tensor(context), gamma, GREEDY, None)
+    return draft.tokens.tolist(), None if draft.parents is None else draft.parents.tolist()
+
+
+@pytest.mark.parametrize(
+    ("context", "gamma", "candidates", "expected"),
+    [
+        # [5, 1] occurred at 3 (then 8, 5) and at 0 (then 7, 5): the latest's continuation first, the other a branch.
+        ([5, 1, 7, 5, 1, 8, 5, 1], 2, 2, ([8, 5, 7, 5], [-1, 0, -1, 2])),
+        # One candidate: the latest's chain, as without the option.
+        ([5, 1, 7, 5, 1, 8, 5, 1], 2, 1, ([8, 5], None)),
+        # Continuations sharing a prefix share its nodes: [4, 9, 2] and [4, 9, 3] under one 4, 9.
+        ([6, 4, 9, 3, 6, 4, 9, 2, 6], 3, 2, ([4, 9, 2, 3], [-1, 0, 1, 1])),
+        # A continuation that is a prefix of one already taken adds nothing: still a chain.
+        ([3, 7, 3, 7, 3], 3, 3, ([7, 3], None)),
+        # Identical continuations count once: the tree waits for a different one, or stays a chain.
+        ([2, 5, 2, 5, 9, 2], 1, 2, ([5], None)),
+    ],
+)
+def test_prompt_lookup_tree_proposals(context, gamma, candidates, expected):
+    assert lookup_tree(context, gamma, candidates) == expected
+
+
+def test_prompt_lookup_tree_is_greedy_lossless_on_the_tiny_target():
+    """The tree of the 3 latest continuations decodes exactly what autoregressive decoding does, and branches."""
+    prompts = [p for p in PROMPTS if len(set(p.split())) < len(p.split())]  # repetitive: lookups find matches
+    ar = SpeculativeEngine(FlashSpecConfig(bandit=BanditConfig("none")))
+    arm = ArmConfig("prompt_lookup", params={"candidates": 3})
+    spec = SpeculativeEngine(FlashSpecConfig(arms=[arm], gammas=[4], bandit=BanditConfig("fixed")))
+    trees, lookup = [0], spec.pairs[0][0]
+    propose = lookup.propose
+
+    def counting(*args):
+        draft = propose(*args)
+        trees[0] += draft.parents is not None
+        return draft
+
+    lookup.propose = counting
+    for prompt in prompts:
+        assert spec.generate(prompt, 24).token_ids == ar.generate(prompt, 24).token_ids, prompt
+    assert trees[0] > 0, "no draft branched: the test would not see a tree"
+
+
+def test_prompt_lookup_params_are_checked():
+    with pytest.raises(ValueError, match="unknown prompt_lookup params"):
+        SpeculativeEngine(FlashSpecConfig(arms=[ArmConfig("prompt_lookup", params={"width": 2})]))
+    with pytest.raises(ValueError, match="candidates=0"):
+        PromptLookupArm(3, 1, 0)
 
 
 FAMILY = "results/models/flashspec-target"

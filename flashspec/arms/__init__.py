@@ -33,9 +33,17 @@ def check_same_tokenizer(target: PreTrainedTokenizerBase, draft: PreTrainedToken
         )
 
 
+def build_prompt_lookup(cfg: ArmConfig) -> PromptLookupArm:
+    """Trees (candidates > 1) need a target that verifies them: the engine's check_tree_support says so."""
+    unknown = sorted(set(cfg.params) - {"candidates"})
+    if unknown:
+        raise ValueError(f"unknown prompt_lookup params {unknown}: use candidates (continuations merged into a tree)")
+    return PromptLookupArm(cfg.ngram_max, cfg.ngram_min, int(cfg.params.get("candidates", 1)))
+
+
 def build_arm(cfg: ArmConfig, target: CausalLM, tokenizer: PreTrainedTokenizerBase, target_cfg: TargetConfig) -> Arm:
     if cfg.kind == "prompt_lookup":
-        return PromptLookupArm(cfg.ngram_max, cfg.ngram_min)
+        return build_prompt_lookup(cfg)
     if cfg.kind == "draft_model":
         if not cfg.model:
             raise ValueError("arm kind draft_model needs `model`: a path, hub id or 'tiny-draft'")
