@@ -135,13 +135,14 @@ class NativeLlama(CausalLM):
         else:
             positions = start - 1 + tree_depths(parents.cpu())
             block = tree_mask(parents.cpu())
-        mask = torch.cat([torch.ones(n, start, dtype=torch.bool), block], dim=1).to(self.device)
-        host_positions, positions = positions, positions.to(self.device)
+        # Host tensors made here: their copies need not wait for the device (a plain copy drains its queue).
+        mask = torch.cat([torch.ones(n, start, dtype=torch.bool), block], dim=1).to(self.device, non_blocking=True)
+        host_positions, positions = positions, positions.to(self.device, non_blocking=True)
         key_positions = torch.cat([torch.arange(start, device=self.device), positions])
         masks = window_masks(mask, positions, key_positions, self.windows)
         slots = torch.arange(start, start + n, device=self.device)
         lm = self.model.model
-        x = lm.embed_tokens(tokens.to(self.device))[None]
+        x = lm.embed_tokens(tokens.to(self.device, non_blocking=True))[None]
         if start == 0:
             self.prompt_length = n
         if self.per_token_rope:
