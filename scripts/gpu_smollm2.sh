@@ -30,6 +30,7 @@
 #   HARDWARE=cpu LIMIT=1 MIX_LIMIT=3 NEW=8 SCALE=10 TRAIN="--preset tiny --prompts chat --time-budget-s 3" \
 #       OUT=/tmp/out bash scripts/gpu_smollm2.sh main
 set -uo pipefail
+set -f  # no filename expansion: unquoted overrides such as gamma=[2,4,8] reach Hydra as written
 cd "$(dirname "$0")/.."
 STAGE=${1:-}
 HARDWARE=${HARDWARE:-cuda}

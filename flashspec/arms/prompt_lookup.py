@@ -31,15 +31,17 @@ class PromptLookupArm(Arm):
             windows = context[:-1].unfold(0, n, 1)
             hits = (windows == context[-n:]).all(dim=1).nonzero()[:, 0]
             if len(hits):
-                return self._draft(context, (hits + n).flip(0).tolist(), gamma)
+                return self._draft(context, hits + n, gamma)
         return Draft(torch.empty(0, dtype=torch.long))
 
-    def _draft(self, context: Tensor, starts: list[int], gamma: int) -> Draft:
-        """What follows the latest start, or the trie of what follows the `candidates` latest distinct ones."""
+    def _draft(self, context: Tensor, starts: Tensor, gamma: int) -> Draft:
+        """What follows the latest of `starts` (ascending), or the trie of what follows the `candidates` latest
+        distinct ones (only a tree reads more than the last start)."""
         if self.candidates == 1:
-            return Draft(context[starts[0] : starts[0] + gamma].clone())
+            start = int(starts[-1])
+            return Draft(context[start : start + gamma].clone())
         continuations: list[list[int]] = []
-        for start in starts:
+        for start in starts.flip(0).tolist():
             following = context[start : start + gamma].tolist()
             if not any(seen[: len(following)] == following for seen in continuations):  # not a prefix of one
                 continuations.append(following)
